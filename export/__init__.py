@@ -1,0 +1,1 @@
+"""smirk_edge.export"""

@@ -1,0 +1,111 @@
+"""The ``smirk-edge`` command line.
+
+Subcommands import their heavy modules lazily inside their handlers, so ``smirk-edge info`` or
+``smirk-edge reconstruct`` on a device never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from ._version import __version__
+from .errors import SmirkEdgeError
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .system import describe
+
+    info = describe(probe=True)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    cpu = info["cpu"]
+    print(f"smirk-edge {info['smirk_edge']}  (Python {info['python']}, {info['platform']})")
+    print(f"CPU: {cpu['model']}  {cpu['usable_cores']}/{cpu['logical_cores']} cores usable, {cpu['arch']}, "
+          f"flags: {' '.join(cpu['flags']) or '-'}")
+    if info["gpus"]:
+        for g in info["gpus"]:
+            print(f"GPU: {g['name']}  {g['memory']}  driver {g['driver'] or '-'}  "
+                  f"compute capability {g['compute_capability'] or '-'}")
+    else:
+        print("GPU: none found")
+    print("Packages:")
+    for name, version in info["packages"].items():
+        print(f"  {name:24s} {version or 'not installed'}")
+    print("Engines:")
+    engines = info.get("engines", {})
+    rows = {
+        "onnxruntime": lambda d: "providers: " + ", ".join(d.get("providers", [])),
+        "openvino": lambda d: "devices: " + ", ".join(d.get("devices", [])),
+        "torch": lambda d: "CUDA: " + (", ".join(d["cuda_devices"]) if d.get("cuda") else "no"),
+        "tensorrt": lambda d: "version " + d.get("version", "?"),
+    }
+    extras = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch": "torch", "tensorrt": "tensorrt"}
+    for name, fmt in rows.items():
+        d = engines.get(name)
+        if d is None:
+            print(f"  {name:12s} not installed  (pip install \"smirk-edge[{extras[name]}]\")")
+        elif "error" in d:
+            print(f"  {name:12s} BROKEN: {d['error']}")
+        else:
+            print(f"  {name:12s} {fmt(d)}")
+    return 0
+
+
+def _cmd_convert_flame(args: argparse.Namespace) -> int:
+    from .face_model.convert import main as convert_main
+
+    return convert_main(args.rest)
+
+
+# name -> (help, configure-parser, handler)
+Subcommand = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+
+def _info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the machine description as JSON")
+
+
+def _passthrough(p: argparse.ArgumentParser) -> None:
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the subcommand (see its --help)")
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "info": ("engines found, versions, CPU and GPU of this machine", _info_args, _cmd_info),
+    "convert-flame": ("convert licensed FLAME 2020 + SMIRK assets into a smirk-edge face model (.npz)",
+                      _passthrough, _cmd_convert_flame),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smirk-edge", description="SMIRK 3D face reconstruction on edge engines.")
+    parser.add_argument("--version", action="version", version=f"smirk-edge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, configure, handler) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text, add_help=configure is not _passthrough)
+        configure(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except SmirkEdgeError as exc:
+        print(f"smirk-edge {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Typed errors raised by smirk-edge.
+
+Every user-facing failure is one of these, with a message that says what to do next.
+This module imports nothing heavy and may be imported from anywhere.
+"""
+
+from __future__ import annotations
+
+
+class SmirkEdgeError(Exception):
+    """Base class of every error smirk-edge raises on purpose."""
+
+
+class InputError(SmirkEdgeError, ValueError):
+    """An image, frame or parameter array that cannot be used (wrong dtype, shape, empty, corrupt)."""
+
+
+class FaceModelError(SmirkEdgeError):
+    """A face-model file that is missing keys, has wrong shapes, or cannot be read."""
+
+
+class CheckpointError(SmirkEdgeError):
+    """A checkpoint that does not match the SMIRK key layout (missing/unexpected keys, shapes)."""
+
+
+class UnsafeFileError(SmirkEdgeError):
+    """A pickle or archive that tries to load something other than plain arrays (refused)."""
+
+
+class BundleError(SmirkEdgeError):
+    """A model bundle that is missing, malformed, or fails its checksum."""
+
+
+class EngineUnavailable(SmirkEdgeError, ImportError):
+    """An inference engine or optional dependency that is not installed.
+
+    The message names the pip extra that installs it, e.g. ``pip install "smirk-edge[openvino]"``.
+    """
+
+    def __init__(self, what: str, extra: str, detail: str = ""):
+        self.what = what
+        self.extra = extra
+        msg = f"{what} is not available: install it with  pip install \"smirk-edge[{extra}]\""
+        if detail:
+            msg += f"  ({detail})"
+        super().__init__(msg)

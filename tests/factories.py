@@ -1,0 +1,73 @@
+"""Small generated inputs for tests: random FLAME-format face models and parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from smirk_edge.face_model import format as fmt
+
+
+def grid_faces(nx: int, ny: int) -> np.ndarray:
+    """Triangles of an ``nx x ny`` vertex grid, counter-clockwise seen from +z."""
+    idx = np.arange(nx * ny).reshape(ny, nx)
+    a, b = idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel()
+    c, d = idx[1:, :-1].ravel(), idx[1:, 1:].ravel()
+    # rows go down in y (top row first), so (a, c, b) is counter-clockwise with y up
+    return np.concatenate([np.stack([a, c, b], 1), np.stack([b, c, d], 1)]).astype(np.int32)
+
+
+def random_face_model_arrays(nx: int = 12, ny: int = 14, seed: int = 0) -> dict[str, np.ndarray]:
+    """A valid, random FLAME-format model on a curved grid about 0.15 m wide (not a face)."""
+    rng = np.random.default_rng(seed)
+    xs = np.linspace(-0.075, 0.075, nx)
+    ys = np.linspace(0.09, -0.1, ny)
+    X, Y = np.meshgrid(xs, ys)
+    Z = 0.05 - 2.0 * X**2 - 1.0 * Y**2
+    v = np.stack([X, Y, Z], -1).reshape(-1, 3).astype(np.float32)
+    V = len(v)
+    faces = grid_faces(nx, ny)
+    F = len(faces)
+    J = fmt.N_JOINTS
+    w = rng.random((V, J)) ** 3
+    w /= w.sum(1, keepdims=True)
+    jreg = rng.random((J, V))
+    jreg /= jreg.sum(1, keepdims=True)
+
+    def bary(*shape):
+        b = rng.random(shape + (3,)) + 0.05
+        return (b / b.sum(-1, keepdims=True)).astype(np.float32)
+
+    return {
+        "v_template": v,
+        "shapedirs": (rng.standard_normal((V, 3, fmt.N_SHAPE)) * 1e-3).astype(np.float32),
+        "exprdirs": (rng.standard_normal((V, 3, fmt.N_EXPRESSION)) * 1e-3).astype(np.float32),
+        "posedirs": (rng.standard_normal((V, 3, fmt.N_POSE_FEATURES)) * 1e-3).astype(np.float32),
+        "J_regressor": jreg.astype(np.float32),
+        "parents": np.array([-1, 0, 1, 1, 1], np.int32),
+        "lbs_weights": w.astype(np.float32),
+        "l_eyelid": (rng.standard_normal((V, 3)) * 1e-3).astype(np.float32),
+        "r_eyelid": (rng.standard_normal((V, 3)) * 1e-3).astype(np.float32),
+        "faces": faces,
+        "lmk_faces_idx": rng.integers(0, F, fmt.N_STATIC_LMK).astype(np.int32),
+        "lmk_bary_coords": bary(fmt.N_STATIC_LMK),
+        "dynamic_lmk_faces_idx": rng.integers(0, F, (fmt.N_YAW_BINS, fmt.N_CONTOUR_LMK)).astype(np.int32),
+        "dynamic_lmk_bary_coords": bary(fmt.N_YAW_BINS, fmt.N_CONTOUR_LMK),
+        "full_lmk_faces_idx": rng.integers(0, F, 68).astype(np.int32),
+        "full_lmk_bary_coords": bary(68),
+        "mp_lmk_faces_idx": rng.integers(0, F, fmt.N_MP_LMK).astype(np.int32),
+        "mp_lmk_bary_coords": bary(fmt.N_MP_LMK),
+        "mp_landmark_indices": fmt.MEDIAPIPE_105_INDICES.copy(),
+    }
+
+
+def random_params(batch: int, seed: int = 0, scale: float = 1.0) -> dict[str, np.ndarray]:
+    """Random SMIRK parameters in plausible ranges (pose up to ~50 degrees of yaw)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "shape": (rng.standard_normal((batch, fmt.N_SHAPE)) * scale).astype(np.float32),
+        "expression": (rng.standard_normal((batch, fmt.N_EXPRESSION)) * scale).astype(np.float32),
+        "pose": (rng.uniform(-0.9, 0.9, (batch, 3)) * scale).astype(np.float32),
+        "jaw": np.concatenate([rng.uniform(0, 0.4, (batch, 1)), rng.uniform(-0.2, 0.2, (batch, 2))],
+                              1).astype(np.float32),
+        "eyelid": rng.uniform(0, 1, (batch, 2)).astype(np.float32),
+    }
