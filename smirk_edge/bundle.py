@@ -1,0 +1,242 @@
+"""The model bundle: one folder per model, the unit shipped to a device.
+
+``manifest.json`` describes the model (input, crop policy, parameter layout, face model, source
+checkpoint) and lists every artifact with its kind, role, precision, files and their sha256.
+Artifacts are checked against their hash before use; paths in the manifest must stay inside the
+bundle folder. See docs/bundle.md for the schema.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable, Mapping
+
+from ._version import __version__
+from .errors import BundleError
+
+SCHEMA = "smirk-edge-bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+# kind -> which files it consists of (informative; the manifest lists them)
+KINDS = ("onnx", "openvino-ir", "tensorrt-engine", "face-model", "golden", "model-card", "torch-checkpoint")
+ROLES = ("encoder", "fused", "detector", "face_model", "golden", "model_card", "checkpoint")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", None)
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _safe_relpath(rel: str, where: str) -> str:
+    """A manifest path: relative, POSIX, no '..', no drive, every part a plain name."""
+    if not isinstance(rel, str) or not rel:
+        raise BundleError(f"{where}: path must be a non-empty string, got {rel!r}")
+    p = PurePosixPath(rel)
+    if p.is_absolute() or "\\" in rel or ":" in rel:
+        raise BundleError(f"{where}: path {rel!r} must be relative to the bundle folder")
+    if any(part in ("..", ".", "") or not _SAFE_NAME.match(part) for part in p.parts):
+        raise BundleError(f"{where}: path {rel!r} may only hold plain names (letters, digits, '.', '_', '-')")
+    return str(p)
+
+
+@dataclass
+class FileEntry:
+    path: str
+    sha256: str
+    bytes: int
+
+
+@dataclass
+class Artifact:
+    """One artifact of the bundle (a model file, an IR pair, an engine, the face model...)."""
+
+    name: str
+    kind: str
+    role: str
+    precision: str | None
+    files: list[FileEntry]
+    attrs: dict[str, Any] = field(default_factory=dict)  # e.g. accuracy, device, opset, degraded
+
+    @property
+    def path(self) -> str:
+        """The main file (the .onnx, the .xml of an IR pair, the engine)."""
+        return self.files[0].path
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "role": self.role, "precision": self.precision,
+                "files": [vars(f) for f in self.files], **({"attrs": self.attrs} if self.attrs else {})}
+
+
+def _parse_artifact(d: Any, i: int) -> Artifact:
+    where = f"manifest artifact #{i}"
+    if not isinstance(d, dict):
+        raise BundleError(f"{where} must be an object")
+    try:
+        name, kind, role = d["name"], d["kind"], d["role"]
+        files = d["files"]
+    except KeyError as exc:
+        raise BundleError(f"{where} lacks {exc}") from exc
+    if kind not in KINDS:
+        raise BundleError(f"{where} ({name}): unknown kind {kind!r}; known: {', '.join(KINDS)}")
+    if role not in ROLES:
+        raise BundleError(f"{where} ({name}): unknown role {role!r}; known: {', '.join(ROLES)}")
+    precision = d.get("precision")
+    if precision not in PRECISIONS:
+        raise BundleError(f"{where} ({name}): unknown precision {precision!r}")
+    if not isinstance(files, list) or not files:
+        raise BundleError(f"{where} ({name}): 'files' must be a non-empty list")
+    entries = []
+    for f in files:
+        if not isinstance(f, dict) or not {"path", "sha256", "bytes"} <= set(f):
+            raise BundleError(f"{where} ({name}): each file needs path, sha256 and bytes")
+        sha = f["sha256"]
+        if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+            raise BundleError(f"{where} ({name}): sha256 of {f['path']!r} is not a hex digest")
+        if not isinstance(f["bytes"], int) or f["bytes"] < 0:
+            raise BundleError(f"{where} ({name}): bytes of {f['path']!r} must be a non-negative integer")
+        entries.append(FileEntry(_safe_relpath(f["path"], f"{where} ({name})"), sha, f["bytes"]))
+    attrs = d.get("attrs", {})
+    if not isinstance(attrs, dict):
+        raise BundleError(f"{where} ({name}): attrs must be an object")
+    return Artifact(str(name), kind, role, precision, entries, attrs)
+
+
+class Bundle:
+    """A model bundle folder, opened read-only. Files are verified against their sha256 on first use."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        mpath = self.root / MANIFEST
+        if not self.root.is_dir():
+            raise BundleError(f"bundle folder not found: {self.root}")
+        if not mpath.is_file():
+            raise BundleError(f"{self.root} is not a smirk-edge bundle: {MANIFEST} is missing")
+        try:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{mpath} is not valid JSON: {exc}") from exc
+        if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+            raise BundleError(f"{mpath} is not a smirk-edge bundle manifest (schema {SCHEMA!r} expected)")
+        version = manifest.get("schema_version")
+        if not isinstance(version, int) or version < 1:
+            raise BundleError(f"{mpath}: schema_version must be a positive integer")
+        if version > SCHEMA_VERSION:
+            raise BundleError(f"bundle schema version {version} is newer than this smirk-edge reads "
+                              f"({SCHEMA_VERSION}): upgrade smirk-edge")
+        arts = manifest.get("artifacts")
+        if not isinstance(arts, list):
+            raise BundleError(f"{mpath}: 'artifacts' must be a list")
+        self.manifest = manifest
+        self.metadata: dict = manifest.get("metadata", {}) if isinstance(manifest.get("metadata"), dict) else {}
+        self.artifacts = [_parse_artifact(a, i) for i, a in enumerate(arts)]
+        names = [a.name for a in self.artifacts]
+        if len(set(names)) != len(names):
+            raise BundleError(f"{mpath}: artifact names must be unique")
+        self._verified: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self.root)!r}, artifacts={[a.name for a in self.artifacts]})"
+
+    def find(self, role: str | None = None, kind: str | None = None, precision: str | None = None) -> list[Artifact]:
+        return [a for a in self.artifacts if (role is None or a.role == role) and (kind is None or a.kind == kind)
+                and (precision is None or a.precision == precision)]
+
+    def get(self, name: str) -> Artifact:
+        for a in self.artifacts:
+            if a.name == name:
+                return a
+        raise BundleError(f"bundle {self.root} has no artifact {name!r}; it has {[a.name for a in self.artifacts]}")
+
+    def file_path(self, artifact: Artifact, index: int = 0, verify: bool = True) -> Path:
+        """Absolute path of one of the artifact's files, checked against its sha256 (once)."""
+        entry = artifact.files[index]
+        path = (self.root / entry.path)
+        resolved = path.resolve()
+        if self.root.resolve() not in resolved.parents:
+            raise BundleError(f"artifact {artifact.name}: {entry.path!r} resolves outside the bundle")
+        if not path.is_file():
+            raise BundleError(f"artifact {artifact.name}: file {entry.path} is missing from {self.root}")
+        if verify and entry.path not in self._verified:
+            size = path.stat().st_size
+            if size != entry.bytes:
+                raise BundleError(f"artifact {artifact.name}: {entry.path} is {size} bytes, the manifest says "
+                                  f"{entry.bytes}: the bundle is damaged or was edited; re-export it")
+            digest = sha256_file(path)
+            if digest != entry.sha256:
+                raise BundleError(f"artifact {artifact.name}: sha256 of {entry.path} is {digest[:16]}..., the "
+                                  f"manifest says {entry.sha256[:16]}...: the file was altered; re-export the bundle")
+            self._verified.add(entry.path)
+        return path
+
+    def main_path(self, artifact: Artifact, verify: bool = True) -> Path:
+        """Main file path, verifying every file of the artifact (e.g. the .bin beside an .xml)."""
+        for i in range(1, len(artifact.files)):
+            self.file_path(artifact, i, verify)
+        return self.file_path(artifact, 0, verify)
+
+    def verify_all(self) -> None:
+        for a in self.artifacts:
+            self.main_path(a)
+
+
+class BundleWriter:
+    """Create or extend a bundle folder. Files are copied in, hashed, and listed in the manifest."""
+
+    def __init__(self, root: str | os.PathLike, metadata: Mapping | None = None, overwrite: bool = False):
+        self.root = Path(root)
+        if (self.root / MANIFEST).exists() and not overwrite:
+            existing = Bundle(self.root)
+            self.metadata = dict(existing.metadata)
+            self.artifacts = {a.name: a for a in existing.artifacts}
+        else:
+            self.metadata, self.artifacts = {}, {}
+        self.metadata.update(metadata or {})
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def add(self, name: str, kind: str, role: str, sources: Iterable[str | os.PathLike] | str | os.PathLike,
+            precision: str | None = None, attrs: Mapping | None = None, move: bool = False) -> Artifact:
+        """Copy (or move) ``sources`` into the bundle under their file names and register them."""
+        if isinstance(sources, (str, os.PathLike)):
+            sources = [sources]
+        entries = []
+        for src in sources:
+            src = Path(src)
+            rel = _safe_relpath(src.name, f"artifact {name}")
+            dst = self.root / rel
+            if src.resolve() != dst.resolve():
+                (shutil.move if move else shutil.copyfile)(src, dst)
+            entries.append(FileEntry(rel, sha256_file(dst), dst.stat().st_size))
+        art = Artifact(name, kind, role, precision, entries, dict(attrs or {}))
+        _parse_artifact(art.to_json(), 0)  # same validation as reading
+        self.artifacts[name] = art
+        return art
+
+    def remove(self, name: str) -> None:
+        self.artifacts.pop(name, None)
+
+    def write(self) -> Bundle:
+        manifest = {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "sdk_version": __version__,
+            "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "metadata": self.metadata,
+            "artifacts": [a.to_json() for a in self.artifacts.values()],
+        }
+        tmp = self.root / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        os.replace(tmp, self.root / MANIFEST)
+        return Bundle(self.root)
