@@ -7,8 +7,10 @@ Subcommands import their heavy modules lazily inside their handlers, so ``smirk-
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ._version import __version__
@@ -55,28 +57,35 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_convert_flame(args: argparse.Namespace) -> int:
-    from .face_model.convert import main as convert_main
-
-    return convert_main(args.rest)
-
-
-# name -> (help, configure-parser, handler)
-Subcommand = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
-
-
 def _info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the machine description as JSON")
 
 
-def _passthrough(p: argparse.ArgumentParser) -> None:
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the subcommand (see its --help)")
+@dataclass(frozen=True)
+class Subcommand:
+    """One subcommand: ``module`` holds ``add_arguments(parser)`` and ``run(args) -> int``.
+
+    The module must be light to import (argparse only at module level): ``run`` imports the
+    heavy parts, so ``smirk-edge --help`` and device-side commands never load torch.
+    """
+
+    help: str
+    module: str | None = None
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    run: Callable[[argparse.Namespace], int] | None = None
+
+    def resolve(self) -> tuple[Callable, Callable]:
+        if self.module is None:
+            return self.add_arguments, self.run
+        mod = importlib.import_module(self.module)
+        return mod.add_arguments, mod.run
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
-    "info": ("engines found, versions, CPU and GPU of this machine", _info_args, _cmd_info),
-    "convert-flame": ("convert licensed FLAME 2020 + SMIRK assets into a smirk-edge face model (.npz)",
-                      _passthrough, _cmd_convert_flame),
+    "info": Subcommand("engines found, versions, CPU and GPU of this machine", add_arguments=_info_args,
+                       run=_cmd_info),
+    "convert-flame": Subcommand("convert licensed FLAME 2020 + SMIRK assets into a smirk-edge face model (.npz)",
+                                "smirk_edge.face_model.convert"),
 }
 
 
@@ -84,10 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smirk-edge", description="SMIRK 3D face reconstruction on edge engines.")
     parser.add_argument("--version", action="version", version=f"smirk-edge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help_text, configure, handler) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text, add_help=configure is not _passthrough)
-        configure(p)
-        p.set_defaults(handler=handler)
+    for name, spec in SUBCOMMANDS.items():
+        add_arguments, run = spec.resolve()
+        p = sub.add_parser(name, help=spec.help, description=spec.help)
+        add_arguments(p)
+        p.set_defaults(handler=run)
     return parser
 
 

@@ -32,3 +32,14 @@ def test_unknown_command_exits_with_usage():
     with pytest.raises(SystemExit) as e:
         main(["no-such-command"])
     assert e.value.code == 2
+
+
+def test_convert_flame_subcommand_takes_its_options(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["convert-flame", "--help"])
+    assert e.value.code == 0
+    assert "--landmark-embedding" in capsys.readouterr().out
+    # missing inputs: a typed error reported as exit code 1 or argparse's 2, never a traceback
+    with pytest.raises(SystemExit) as e:
+        main(["convert-flame"])
+    assert e.value.code == 2
