@@ -7,8 +7,8 @@ code are imported lazily when used.
 from __future__ import annotations
 
 from ._version import __version__
-from .errors import (BundleError, CheckpointError, EngineUnavailable, FaceModelError, InputError,
-                     SmirkEdgeError, UnsafeFileError)
+from .errors import (BundleError, CheckpointError, EngineUnavailable, FaceModelError, InputError, OptionError,
+                     RunnerError, SmirkEdgeError, UnsafeFileError)
 from .face_model import FaceGeometry, FaceModel
 
 __all__ = [
@@ -22,4 +22,6 @@ __all__ = [
     "UnsafeFileError",
     "BundleError",
     "EngineUnavailable",
+    "RunnerError",
+    "OptionError",
 ]

@@ -16,6 +16,7 @@ _EXTRAS = {
     "openvino": ("OpenVINO", "openvino"),
     "nncf": ("NNCF", "export"),
     "tensorrt": ("TensorRT 10", "tensorrt"),
+    "cuda": ("cuda-python", "tensorrt"),
     "scipy": ("SciPy", "train"),
     "tqdm": ("tqdm", "train"),
 }

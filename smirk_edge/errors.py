@@ -31,6 +31,14 @@ class BundleError(SmirkEdgeError):
     """A model bundle that is missing, malformed, or fails its checksum."""
 
 
+class RunnerError(SmirkEdgeError, RuntimeError):
+    """A runner used out of order (inactive, activated twice) or an engine call that failed."""
+
+
+class OptionError(RunnerError, ValueError):
+    """An unknown or unsupported option (engine, provider, device, precision, keyword)."""
+
+
 class EngineUnavailable(SmirkEdgeError, ImportError):
     """An inference engine or optional dependency that is not installed.
 

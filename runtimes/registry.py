@@ -1,0 +1,228 @@
+"""One typed table of engines, engine auto-selection and activation with fallback.
+
+* :data:`ENGINES`: an :class:`EngineSpec` per engine (pip extra, module, artifact kinds it opens,
+  precisions, devices, speed rank, options its runner accepts).
+* :func:`available_engines`: engines whose Python module is installed (``find_spec``, no import).
+* :func:`select_engine`: the fastest available engine that can open one of a bundle's artifacts,
+  with a human-readable reason and the ranked alternatives.
+* :func:`make_runner`: a runner for one artifact; unknown options are rejected with a hint.
+* :func:`open_with_fallback`: activate candidates in order; on failure warn once and try the next.
+
+The speed rank is a static prior (TensorRT on a GPU, then OpenVINO, then ONNX Runtime, then
+eager torch, as measured on the project's machines for the SMIRK encoder); ``smirk-edge bench``
+measures the real order on a target.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._lazy import available
+from ..errors import EngineUnavailable
+from .base import OptionError, Runner, RunnerError, check_choice, check_options
+
+log = logging.getLogger(__name__)
+
+PRECISION_ORDER = ("fp32", "fp16", "bf16", "int8")
+"""Preference among artifacts when no precision is asked for: the reference precision first."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What one engine is, needs, opens and accepts."""
+
+    name: str                        # 'onnxruntime', 'openvino', 'tensorrt', 'torch'
+    what: str                        # human name for messages
+    extra: str                       # pip extra: pip install "smirk-edge[<extra>]"
+    module: str                      # Python module that must be importable
+    artifact_kinds: tuple[str, ...]  # kinds it opens, preferred first
+    precisions: tuple[str, ...]
+    devices: tuple[str, ...]         # lower-case device kinds
+    speed_rank: int                  # lower is faster; used by select_engine
+    runner: str                      # 'module:Class' of the runner, imported lazily
+    options: tuple[str, ...]         # keyword options make_runner accepts (Runner.from_artifact)
+    also_needs: tuple[str, ...] = field(default=())  # any one of these modules must be present too
+
+    def is_installed(self) -> bool:
+        if not available(self.module):
+            return False
+        return not self.also_needs or any(available(m) for m in self.also_needs)
+
+    def opens(self, kind: str, precision: str | None = None) -> bool:
+        return kind in self.artifact_kinds and (precision is None or precision in self.precisions)
+
+
+ENGINES: dict[str, EngineSpec] = {spec.name: spec for spec in (
+    EngineSpec("tensorrt", "TensorRT 10", "tensorrt", "tensorrt", ("tensorrt-engine",),
+               ("fp32", "fp16", "bf16", "int8"), ("cuda",), 0, "smirk_edge.runtimes.trt:TrtRunner",
+               ("precision", "name", "profile_index", "allocator", "pinned"),
+               also_needs=("cuda.bindings", "cuda.cudart", "torch")),
+    EngineSpec("openvino", "OpenVINO", "openvino", "openvino", ("openvino-ir", "onnx"),
+               ("fp32", "fp16", "int8"), ("cpu", "gpu", "npu", "auto"), 1, "smirk_edge.runtimes.ov:OvRunner",
+               ("precision", "name", "device", "performance_hint", "threads", "batch", "inference_precision")),
+    EngineSpec("onnxruntime", "ONNX Runtime", "onnxruntime", "onnxruntime", ("onnx",),
+               ("fp32", "fp16", "int8"), ("cpu", "cuda"), 2, "smirk_edge.runtimes.ort:OrtRunner",
+               ("precision", "name", "providers", "threads", "inter_op_threads", "graph_optimization_level")),
+    EngineSpec("torch", "PyTorch", "torch", "torch", ("torch-checkpoint",),
+               ("fp32", "fp16", "bf16"), ("cpu", "cuda"), 3, "smirk_edge.runtimes.torch_runner:TorchRunner",
+               ()),
+)}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file of a bundle: its kind (e.g. ``'onnx'``), precision (e.g. ``'fp32'``) and path."""
+
+    kind: str
+    precision: str
+    path: str | os.PathLike
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen engine and artifact, why, and the ranked alternatives (best first)."""
+
+    engine: str
+    artifact: Artifact
+    reason: str
+    alternatives: tuple[tuple[str, Artifact], ...] = ()
+
+
+def engine_spec(name: str) -> EngineSpec:
+    """The :class:`EngineSpec` for ``name``; unknown names get a closest-match hint."""
+    return ENGINES[check_choice("engine", name, list(ENGINES))]
+
+
+def available_engines() -> list[str]:
+    """Names of installed engines, fastest first (module lookup only, nothing is imported)."""
+    return [s.name for s in sorted(ENGINES.values(), key=lambda s: s.speed_rank) if s.is_installed()]
+
+
+def _device_kind(device: str | None) -> str | None:
+    return None if device is None else str(device).split(":")[0].split(".")[0].lower()
+
+
+def select_engine(artifacts: Sequence[Any], preferred: str = "auto", precision: str | None = None,
+                  device: str | None = None, installed: Iterable[str] | None = None) -> Selection:
+    """Choose an engine and one of ``artifacts`` (records with ``kind``, ``precision``, ``path``).
+
+    Args:
+        artifacts: the bundle's artifacts, e.g. ``[Artifact('onnx', 'fp32', 'encoder.onnx'), ...]``.
+        preferred: ``'auto'`` (fastest available) or an engine name. An explicit engine that is not
+            installed raises :class:`EngineUnavailable` naming its extra.
+        precision: only artifacts of this precision (None: prefer fp32, then fp16, bf16, int8).
+        device: only engines that run on this device kind (``'cpu'``, ``'cuda'``, ``'gpu'``, ...).
+        installed: engine names taken as installed (default: :func:`available_engines`).
+    """
+    installed = set(available_engines() if installed is None else installed)
+    dev = _device_kind(device)
+    if preferred == "auto":
+        specs = sorted(ENGINES.values(), key=lambda s: s.speed_rank)
+    else:
+        spec = engine_spec(preferred)
+        if spec.name not in installed:
+            raise EngineUnavailable(spec.what, spec.extra, detail=f"backend={preferred!r} was asked for")
+        specs = [spec]
+    skipped: list[str] = []
+    ranked: list[tuple[str, Artifact]] = []
+    for spec in specs:
+        if spec.name not in installed:
+            skipped.append(f"{spec.name} (not installed: pip install \"smirk-edge[{spec.extra}]\")")
+            continue
+        if dev is not None and dev not in spec.devices:
+            skipped.append(f"{spec.name} (does not run on {device!r})")
+            continue
+        usable = [a for a in artifacts if spec.opens(a.kind, a.precision)
+                  and (precision is None or a.precision == precision)]
+        if not usable:
+            skipped.append(f"{spec.name} (no artifact it opens"
+                           f"{f' in {precision}' if precision else ''})")
+            continue
+
+        def order(a: Any, spec: EngineSpec = spec) -> tuple[int, int]:
+            p = a.precision
+            return (spec.artifact_kinds.index(a.kind),
+                    PRECISION_ORDER.index(p) if p in PRECISION_ORDER else len(PRECISION_ORDER))
+
+        for a in sorted(usable, key=order):
+            ranked.append((spec.name, a if isinstance(a, Artifact) else Artifact(a.kind, a.precision, a.path)))
+    if not ranked:
+        kinds = sorted({f"{a.kind}/{a.precision}" for a in artifacts})
+        raise RunnerError(f"no engine can open any of the artifacts {kinds} here: " + "; ".join(skipped))
+    engine, art = ranked[0]
+    why = ("asked for" if preferred != "auto" else
+           f"fastest available engine (speed rank {ENGINES[engine].speed_rank})")
+    reason = f"{engine}: {why}, opens {os.fspath(art.path)} ({art.kind}, {art.precision})"
+    if skipped:
+        reason += "; skipped " + ", ".join(skipped)
+    log.info("engine selection: %s", reason)
+    return Selection(engine, art, reason, tuple(ranked[1:]))
+
+
+def _runner_class(spec: EngineSpec) -> type[Runner]:
+    module, cls = spec.runner.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_runner(engine: str, artifact_path: str | os.PathLike, **options: Any) -> Runner:
+    """An (inactive) runner of ``engine`` for one artifact file.
+
+    ``options`` are the engine's :attr:`EngineSpec.options` (e.g. ``threads=1`` for ONNX Runtime,
+    ``device='GPU'`` for OpenVINO); any other keyword raises :class:`OptionError` with a hint.
+    """
+    spec = engine_spec(engine)
+    if not spec.options:
+        raise OptionError(f"{spec.name} runners are not made from a file path: build "
+                          f"{spec.runner.split(':')[1]} from a module or a checkpoint loader")
+    check_options(f"the {spec.name} runner", options, spec.options)
+    options.setdefault("name", f"{spec.name}:{os.path.basename(os.fspath(artifact_path))}")
+    return _runner_class(spec).from_artifact(artifact_path, **options)  # type: ignore[attr-defined]
+
+
+class EngineFallbackWarning(UserWarning):
+    """An engine failed to start and the next candidate was used instead."""
+
+
+@dataclass
+class FallbackResult:
+    """The active runner, its position among the candidates, and why earlier ones failed."""
+
+    runner: Runner
+    index: int
+    failures: list[tuple[str, BaseException]]
+
+
+def open_with_fallback(candidates: Iterable[Runner | Callable[[], Runner]]) -> FallbackResult:
+    """Activate the first candidate that works.
+
+    Each candidate is a runner or a callable returning one (e.g. ``lambda: make_runner(...)``,
+    which may itself raise :class:`EngineUnavailable`). When some fail (missing library, broken or
+    foreign file) and a later one runs, one :class:`EngineFallbackWarning` names each failure and
+    its cause and says which runner ran. When all fail, :class:`RunnerError` lists every cause.
+    """
+    failures: list[tuple[str, BaseException]] = []
+    for index, cand in enumerate(candidates):
+        label = getattr(cand, "name", None) or getattr(cand, "__name__", None) or f"candidate {index}"
+        try:
+            runner = cand if isinstance(cand, Runner) else cand()
+            label = runner.name
+            runner.activate()
+        except Exception as exc:  # noqa: BLE001 - any failure to start means: try the next engine
+            failures.append((str(label), exc))
+            continue
+        if failures:
+            causes = "; ".join(f"{n} failed: {type(e).__name__}: {e}" for n, e in failures)
+            warnings.warn(f"fell back to {runner.name} ({runner.engine}) because {causes}",
+                          EngineFallbackWarning, stacklevel=2)
+        log.info("running %s (%s on %s, %s)", runner.name, runner.engine, runner.device, runner.precision)
+        return FallbackResult(runner, index, failures)
+    if not failures:
+        raise RunnerError("open_with_fallback needs at least one candidate")
+    causes = "; ".join(f"{n}: {type(e).__name__}: {e}" for n, e in failures)
+    raise RunnerError(f"no engine could be started: {causes}") from failures[-1][1]
