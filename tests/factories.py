@@ -71,3 +71,42 @@ def random_params(batch: int, seed: int = 0, scale: float = 1.0) -> dict[str, np
                               1).astype(np.float32),
         "eyelid": rng.uniform(0, 1, (batch, 2)).astype(np.float32),
     }
+
+
+def make_tiny_bundle(root, seed: int = 0, face_model_arrays: dict | None = None, openvino: bool = False):
+    """A bundle with a random-weight tiny encoder (ONNX fp32, dynamic batch), a face model and no
+    detector artifacts (the Reconstructor then uses the detectors shipped in the package).
+
+    Needs torch + timm + onnx. The encoder gets SMIRK's head initialisation, so the camera scale is
+    about 7 and faces land inside their crops.
+    """
+    from pathlib import Path
+
+    import torch
+
+    from smirk_edge.bundle import BundleWriter
+    from smirk_edge.training.encoder import OUTPUT_NAMES, EncoderConfig, SmirkEncoder
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    enc = SmirkEncoder(EncoderConfig.tiny())
+    enc.init_weights()
+    enc.eval()
+    onnx_path = root / "encoder.onnx"
+    torch.onnx.export(enc, (torch.rand(2, 3, 224, 224),), str(onnx_path), input_names=["image"],
+                      output_names=list(OUTPUT_NAMES),
+                      dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1, max=256)}},
+                      opset_version=18, external_data=False, dynamo=True, verbose=False)
+    fm_path = root / "face_model.npz"
+    fmt.save(fm_path, face_model_arrays or random_face_model_arrays(seed=seed), model_id="test-grid")
+    w = BundleWriter(root, metadata={"encoder_variant": "tiny", "input_size": 224})
+    w.add("encoder.onnx", "onnx", "encoder", onnx_path, precision="fp32")
+    w.add("face_model.npz", "face-model", "face_model", fm_path)
+    if openvino:
+        import openvino as ov
+
+        ir = root / "encoder.xml"
+        ov.save_model(ov.convert_model(str(onnx_path)), str(ir), compress_to_fp16=False)
+        w.add("encoder-ir", "openvino-ir", "encoder", [ir, ir.with_suffix(".bin")], precision="fp32")
+    return w.write(), enc

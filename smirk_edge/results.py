@@ -1,0 +1,133 @@
+"""Result types: SMIRK parameters and reconstructed faces. Imports numpy only.
+
+Coordinate frames:
+- model frame: metres, x toward the image right in a frontal view (the subject's left), y up,
+  z toward the camera;
+- image frame: pixels of the input image, origin at the centre of the top-left pixel, x right,
+  y down; depth is SMIRK's orthographic z in the same pixel units, smaller = nearer the camera.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+PARAM_WIDTHS = {"pose": 3, "cam": 3, "shape": 300, "expression": 50, "eyelid": 2, "jaw": 3}
+
+
+@dataclass
+class Params:
+    """SMIRK parameters of one face.
+
+    Attributes:
+        pose: ``(3,)`` global head rotation, axis-angle radians (model frame).
+        cam: ``(3,)`` orthographic camera (scale, tx, ty) of the 224 crop (see smirk_edge.camera).
+        shape: ``(300,)`` identity coefficients.
+        expression: ``(50,)`` expression coefficients.
+        eyelid: ``(2,)`` [left, right] eyelid closure in [0, 1].
+        jaw: ``(3,)`` jaw rotation, axis-angle radians (opening is the first, >= 0).
+    """
+
+    pose: np.ndarray
+    cam: np.ndarray
+    shape: np.ndarray
+    expression: np.ndarray
+    eyelid: np.ndarray
+    jaw: np.ndarray
+
+    @classmethod
+    def from_outputs(cls, outputs: dict[str, np.ndarray], index: int) -> "Params":
+        return cls(**{k: np.asarray(outputs[k][index], np.float32).copy() for k in PARAM_WIDTHS})
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {k: [float(x) for x in getattr(self, k)] for k in PARAM_WIDTHS}
+
+    def as_batch(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k)[None] for k in PARAM_WIDTHS}
+
+
+def head_pose_degrees(pose: np.ndarray) -> np.ndarray:
+    """``(yaw, pitch, roll)`` degrees from an axis-angle global rotation ``(3,)``.
+
+    Convention: ``R = Ry(yaw) @ Rx(pitch) @ Rz(roll)`` in the model frame. Yaw > 0 turns the face
+    toward the image right (the subject's left); pitch > 0 tilts the face down (chin toward the
+    chest); roll > 0 tilts the head counter-clockwise as seen in the image.
+    """
+    from .face_model.model import rodrigues
+
+    R = rodrigues(np.asarray(pose, np.float32)[None])[0].astype(np.float64)
+    pitch = np.arcsin(np.clip(-R[1, 2], -1.0, 1.0))
+    yaw = np.arctan2(R[0, 2], R[2, 2])
+    roll = np.arctan2(R[1, 0], R[1, 1])
+    return np.degrees([yaw, pitch, roll]).astype(np.float32)
+
+
+@dataclass
+class Face:
+    """One reconstructed face.
+
+    Attributes:
+        params: SMIRK parameters (:class:`Params`).
+        vertices: ``(V, 3)`` metres, model frame (neutral camera, posed head).
+        vertices_image: ``(V, 3)`` image pixels x, y and depth (see module docstring).
+        landmarks68: ``(68, 2)`` image pixels (iBUG 68-point order).
+        landmarks105: ``(105, 2)`` image pixels (MediaPipe indices, see ``FaceModel.mp_landmark_indices``).
+        box: ``(4,)`` x0, y0, x1, y1 image pixels of the detection (or of the tracked landmarks).
+        score: detector confidence in [0, 1] (1.0 for a tracked face).
+        head_pose: ``(3,)`` yaw, pitch, roll in degrees (:func:`head_pose_degrees`).
+        crop_matrix: ``(2, 3)`` image -> 224 crop affine used for the final encoding.
+        track_id: stable id across frames in ``stream()``; -1 for single images.
+        timings: per-stage milliseconds of the call that produced this face (shared by its faces).
+        engine: which engine ran the encoder (e.g. ``onnxruntime:CPUExecutionProvider fp32``).
+    """
+
+    params: Params
+    vertices: np.ndarray
+    vertices_image: np.ndarray
+    landmarks68: np.ndarray
+    landmarks105: np.ndarray
+    box: np.ndarray
+    score: float
+    head_pose: np.ndarray
+    crop_matrix: np.ndarray
+    faces: np.ndarray = field(repr=False, default=None)  # (F, 3) triangles of the face model
+    track_id: int = -1
+    timings: dict[str, float] = field(default_factory=dict)
+    engine: str = ""
+
+    def to_dict(self, include_vertices: bool = False) -> dict:
+        """JSON-ready dict (parameters, landmarks, box, pose; vertices only when asked)."""
+        d = {
+            "box": [float(x) for x in self.box],
+            "score": float(self.score),
+            "head_pose_deg": {"yaw": float(self.head_pose[0]), "pitch": float(self.head_pose[1]),
+                              "roll": float(self.head_pose[2])},
+            "params": self.params.to_dict(),
+            "landmarks68": np.round(self.landmarks68, 3).tolist(),
+            "landmarks105": np.round(self.landmarks105, 3).tolist(),
+            "crop_matrix": np.asarray(self.crop_matrix).tolist(),
+            "track_id": self.track_id,
+            "engine": self.engine,
+        }
+        if include_vertices:
+            d["vertices"] = np.round(self.vertices, 6).tolist()
+            d["vertices_image"] = np.round(self.vertices_image, 3).tolist()
+        return d
+
+    def save_json(self, path: str | os.PathLike, include_vertices: bool = False) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(include_vertices), indent=1))
+        return path
+
+    def save_mesh(self, path: str | os.PathLike, space: str = "model") -> Path:
+        """Write the mesh as ``.obj`` or ``.ply`` (by suffix). ``space``: "model" (metres) or "image" (pixels)."""
+        from .meshio import write_mesh
+
+        if space not in ("model", "image"):
+            raise ValueError(f"space must be 'model' or 'image', got {space!r}")
+        verts = self.vertices if space == "model" else self.vertices_image
+        return write_mesh(path, verts, self.faces)
