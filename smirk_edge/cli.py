@@ -84,6 +84,8 @@ class Subcommand:
 SUBCOMMANDS: dict[str, Subcommand] = {
     "info": Subcommand("engines found, versions, CPU and GPU of this machine", add_arguments=_info_args,
                        run=_cmd_info),
+    "reconstruct": Subcommand("reconstruct faces in images, folders and videos: overlays, meshes, JSON",
+                              "smirk_edge.reconstruct_cli"),
     "convert-flame": Subcommand("convert licensed FLAME 2020 + SMIRK assets into a smirk-edge face model (.npz)",
                                 "smirk_edge.face_model.convert"),
 }
