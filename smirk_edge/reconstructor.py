@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -116,6 +117,10 @@ class Reconstructor:
         threads: engine threads (None = engine default).
         smoothing: One-Euro parameters for :meth:`stream`.
         redetect_every: in :meth:`stream`, run the detector every N frames even while tracking.
+
+    Concurrency: calls on one Reconstructor are serialised by an internal lock, so sharing one
+    between threads is safe but not parallel. For parallel work give each thread its own
+    Reconstructor (engine sessions are not shared); results equal those of serial calls.
     """
 
     def __init__(self, bundle: str | os.PathLike | Bundle | None = None, backend: str = "auto",
@@ -136,6 +141,7 @@ class Reconstructor:
         self.smoothing = smoothing
         self.redetect_every = max(1, int(redetect_every))
         self.timings: dict[str, float] = {}
+        self._lock = threading.RLock()
 
         fm = self.bundle.find(role="face_model")
         if not fm:
@@ -223,7 +229,8 @@ class Reconstructor:
         """Run the encoder on ``(B, 3, 224, 224)`` RGB float32 crops in [0, 1] -> parameter arrays."""
         if batch.shape[0] == 0:
             return {k: np.zeros((0, w), np.float32) for k, w in PARAM_WIDTHS.items()}
-        out = self.encoder.infer({ENCODER_INPUT: np.ascontiguousarray(batch, np.float32)})
+        with self._lock:
+            out = self.encoder.infer({ENCODER_INPUT: np.ascontiguousarray(batch, np.float32)})
         for k, v in out.items():
             if not np.all(np.isfinite(v)):
                 raise SmirkEdgeError(f"the encoder produced NaN/inf in {k!r} ({self.engine}); "
@@ -307,6 +314,10 @@ class Reconstructor:
 
         Returns an empty list when there is no face. Raises InputError for unusable input.
         """
+        with self._lock:
+            return self._call(image)
+
+    def _call(self, image: np.ndarray | str | os.PathLike) -> list[Face]:
         t_start = time.perf_counter()
         t: dict[str, float] = {}
         img = load_image(image) if isinstance(image, (str, os.PathLike)) else as_bgr_uint8(image)
@@ -325,6 +336,10 @@ class Reconstructor:
 
     def from_landmarks(self, image: np.ndarray, landmarks: Sequence[np.ndarray]) -> list[Face]:
         """Reconstruct faces whose landmarks are known (e.g. MediaPipe's 478): SMIRK's exact crop, no detector."""
+        with self._lock:
+            return self._from_landmarks(image, landmarks)
+
+    def _from_landmarks(self, image: np.ndarray, landmarks: Sequence[np.ndarray]) -> list[Face]:
         t: dict[str, float] = {}
         img = as_bgr_uint8(image)
         boxes = np.array([[l[:, 0].min(), l[:, 1].min(), l[:, 0].max(), l[:, 1].max()]
@@ -388,6 +403,10 @@ class _Tracker:
         self.next_id = 0
 
     def step(self, frame: np.ndarray, index: int, stamp: float | None) -> list[Face]:
+        with self.rec._lock:
+            return self._step(frame, index, stamp)
+
+    def _step(self, frame: np.ndarray, index: int, stamp: float | None) -> list[Face]:
         rec = self.rec
         t_start = time.perf_counter()
         t: dict[str, float] = {}
