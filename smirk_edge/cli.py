@@ -86,6 +86,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                        run=_cmd_info),
     "reconstruct": Subcommand("reconstruct faces in images, folders and videos: overlays, meshes, JSON",
                               "smirk_edge.reconstruct_cli"),
+    "annotate": Subcommand("MediaPipe landmarks for image folders (training labels; needs a MediaPipe side environment)",
+                           "smirk_edge.training.annotate"),
     "convert-flame": Subcommand("convert licensed FLAME 2020 + SMIRK assets into a smirk-edge face model (.npz)",
                                 "smirk_edge.face_model.convert"),
 }

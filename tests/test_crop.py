@@ -108,3 +108,15 @@ def test_bad_boxes_raise_input_error():
         crop_from_box([0, 0, np.nan, 5])
     with pytest.raises(InputError):
         crop_from_landmarks(np.zeros((1, 2)))
+
+
+def test_box_mappings():
+    from smirk_edge.reconstructor import BoxMapping, LANDMARK105_TO_LANDMARK_BOX
+
+    m = BoxMapping(0.1, -0.05, 1.2, 1.5)
+    np.testing.assert_allclose(m.apply([0, 0, 100, 100]), [50 + 10 - 60, 50 - 5 - 75, 50 + 10 + 60, 50 - 5 + 75])
+    frontal = LANDMARK105_TO_LANDMARK_BOX.apply([0, 0, 100, 120], 0.0)
+    turned = LANDMARK105_TO_LANDMARK_BOX.apply([0, 0, 100, 120], 30.0)
+    # turning toward the image right moves the 478-box centre left of the 105-box centre
+    assert (turned[0] + turned[2]) / 2 < (frontal[0] + frontal[2]) / 2
+    assert turned[2] - turned[0] > frontal[2] - frontal[0]

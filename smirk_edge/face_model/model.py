@@ -45,15 +45,23 @@ def rodrigues(rotvec: np.ndarray) -> np.ndarray:
     return (eye + sin * K + (1.0 - cos) * (K @ K)).astype(np.float32)
 
 
-def yaw_bin(rot: np.ndarray) -> np.ndarray:
-    """Row of the dynamic-contour table for rotation matrices ``(B, 3, 3)``.
+def yaw_degrees(rot: np.ndarray) -> np.ndarray:
+    """Yaw ``(B,)`` degrees of rotations ``(B, 3, 3)``: ``atan2(-R[2,0], sqrt(R[0,0]^2 + R[1,0]^2))``.
 
-    Yaw = ``atan2(-R[2,0], sqrt(R[0,0]^2 + R[1,0]^2))`` in degrees, rounded, clamped at 39;
-    0..39 -> rows 0..39, -1..-39 -> rows 40..78, below -39 -> row 78.
+    The angle FLAME's dynamic contour uses; positive turns the face toward the image right
+    (the subject's left), like ``head_pose`` yaw.
     """
     sy = np.sqrt(rot[:, 0, 0] ** 2 + rot[:, 1, 0] ** 2)
-    yaw = np.degrees(np.arctan2(-rot[:, 2, 0], sy)).astype(np.float32)
-    y = np.round(np.minimum(yaw, 39.0)).astype(np.int64)
+    return np.degrees(np.arctan2(-rot[:, 2, 0], sy)).astype(np.float32)
+
+
+def yaw_bin(rot: np.ndarray) -> np.ndarray:
+    """Row of the dynamic-contour table for rotations ``(B, 3, 3)``.
+
+    :func:`yaw_degrees` rounded, clamped at 39; 0..39 -> rows 0..39, -1..-39 -> rows 40..78,
+    below -39 -> row 78.
+    """
+    y = np.round(np.minimum(yaw_degrees(rot), 39.0)).astype(np.int64)
     neg = np.where(y < -39, 78, 39 - y)
     return np.where(y < 0, neg, y)
 
