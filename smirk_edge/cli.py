@@ -88,6 +88,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                               "smirk_edge.reconstruct_cli"),
     "annotate": Subcommand("MediaPipe landmarks for image folders (training labels; needs a MediaPipe side environment)",
                            "smirk_edge.training.annotate"),
+    "train": Subcommand("train SMIRK stage 1 or 2 from a config file", "smirk_edge.training.cli_train"),
+    "finetune": Subcommand("fine-tune a checkpoint on site data", "smirk_edge.training.cli_finetune"),
+    "evaluate": Subcommand("evaluate a checkpoint or bundle: landmark NME, synthetic recovery, expression probe",
+                           "smirk_edge.training.cli_evaluate"),
+    "pack": Subcommand("pack annotated photos into compact training shards", "smirk_edge.training.cli_pack"),
     "convert-flame": Subcommand("convert licensed FLAME 2020 + SMIRK assets into a smirk-edge face model (.npz)",
                                 "smirk_edge.face_model.convert"),
 }

@@ -1,0 +1,170 @@
+"""Trainer: overfitting a fixed batch, a stage-2 step with the cycle, exact resume, official checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # 2-core CI machines: oversubscribed OpenMP threads make tiny models 30x slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(stage=1, size=64, schedule="constant", **run):
+    from smirk_edge.training.config import config_from_dict
+
+    r = {"batch_size": 8, "device": "cpu", "log_every": 1, "ckpt_every": 0, "progress": False, "tensorboard": False}
+    r.update(run)
+    return config_from_dict({"stage": stage, "model": {"encoder": "tiny", "generator": "tiny"},
+                             "data": {"image_size": size, "num_workers": 0, "epoch_size": 8},
+                             "optim": {"lr": 1e-3, "schedule": schedule}, "run": r}, require_sources=False)
+
+
+def _fixed(n=8, size=64, seed=1):
+    from smirk_edge.training.data import FixedDataset
+    from smirk_edge.training.synthetic import SyntheticDataset
+
+    return FixedDataset(SyntheticDataset(n, size=size, seed=seed))
+
+
+def _batch(ds):
+    return {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in ds[0]}
+
+
+def test_tiny_model_overfits_a_fixed_batch(tmp_path):
+    from smirk_edge.training.trainer import Trainer
+
+    ds = _fixed()
+    tr = Trainer(_cfg(), tmp_path, dataset=ds)
+    batch = _batch(ds)
+    first = None
+    for _ in range(30):
+        tr.train_step(batch)
+        terms = tr.last_terms()
+        first = first or terms
+    lm0 = first["landmark_contour"] + first["landmark_mediapipe"]
+    lm1 = terms["landmark_contour"] + terms["landmark_mediapipe"]
+    assert terms["loss"] < first["loss"] / 5, (first, terms)
+    assert lm1 < lm0 / 5
+
+
+def test_stage2_steps_run_generator_and_cycle_both_parities(tmp_path):
+    from smirk_edge.training.trainer import Trainer
+
+    ds = _fixed(4, size=96)
+    tr = Trainer(_cfg(stage=2, size=96, batch_size=4), tmp_path, dataset=ds)
+    before_g = [p.detach().clone() for p in tr.generator.parameters()]
+    before_pose = [p.detach().clone() for p in tr.encoder.pose_encoder.parameters()]
+    for _ in range(2):  # step 0 freezes the encoder in the cycle, step 1 the generator
+        tr.train_step(_batch(ds))
+        t = tr.last_terms()
+        assert all(torch.isfinite(torch.tensor(v)) for v in t.values()), t
+        assert t["cycle"] > 0 and t["reconstruction"] > 0 and t["perceptual"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before_g, tr.generator.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before_pose, tr.encoder.pose_encoder.parameters()))
+    assert tr._last_images["cycle"].shape == (4, 3, 96, 96)
+
+
+def _losses(path):
+    return [json.loads(x) for x in (Path(path) / "log.jsonl").read_text().splitlines()]
+
+
+def test_resume_continues_the_same_loss_curve(tmp_path):
+    from smirk_edge.training.trainer import Trainer
+
+    ds = _fixed()
+    over = dict(batch_size=4, max_steps=4, schedule="cosine")
+    full = Trainer(_cfg(**over), tmp_path / "full", dataset=ds)
+    full.fit()
+    a = Trainer(_cfg(batch_size=4, max_steps=3, schedule="cosine"), tmp_path / "split", dataset=ds)
+    a.fit()
+    b = Trainer(_cfg(**over), tmp_path / "split", dataset=ds, resume="auto")
+    assert b.step == 3 and b.epoch == 1 and b.batch_in_epoch == 1
+    b.fit()
+    ref, got = _losses(tmp_path / "full"), _losses(tmp_path / "split")
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    for r, g in zip(ref, got):
+        for k in ("loss", "landmark_contour", "landmark_mediapipe", "lr"):
+            assert r[k] == g[k], (k, r, g)
+
+
+def test_checkpoints_use_the_official_layout(tmp_path):
+    from smirk_edge.training.checkpoint import build_encoder, read_checkpoint
+    from smirk_edge.training.trainer import Trainer
+
+    ds = _fixed(4)
+    tr = Trainer(_cfg(batch_size=4, max_steps=1), tmp_path, dataset=ds)
+    tr.fit()
+    ck = read_checkpoint(tmp_path / "smirk_latest.pt")
+    assert ck.meta["stage"] == 1 and ck.meta["step"] == 1 and ck.meta["encoder_variant"] == "tiny"
+    enc = build_encoder(ck)
+    x = torch.rand(2, 3, 64, 64)
+    tr.encoder.eval()
+    with torch.no_grad():
+        a, b = enc(x), tr.encoder(x)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    state = torch.load(tmp_path / "smirk_latest.pt", weights_only=True)
+    assert all(k.startswith(("smirk_encoder.", "smirk_generator.")) or k == "smirk_edge_meta" for k in state)
+
+
+def test_stage2_starts_from_a_stage1_checkpoint(tmp_path):
+    from smirk_edge.training.checkpoint import read_checkpoint
+    from smirk_edge.training.trainer import Trainer
+
+    ds = _fixed(4, size=96)
+    s1 = Trainer(_cfg(size=96, batch_size=4, max_steps=1), tmp_path / "s1", dataset=ds)
+    s1.fit()
+    cfg = _cfg(stage=2, size=96, batch_size=4, max_steps=1)
+    cfg.model.init_from = str(tmp_path / "s1" / "smirk_latest.pt")
+    s2 = Trainer(cfg, tmp_path / "s2", dataset=ds)
+    for a, b in zip(s1.encoder.pose_encoder.parameters(), s2.encoder.pose_encoder.parameters()):
+        assert torch.equal(a, b)
+    s2.fit()
+    ck = read_checkpoint(tmp_path / "s2" / "smirk_latest.pt")
+    assert ck.generator and ck.meta["stage"] == 2
+
+
+def test_finetune_freezes_early_blocks(tmp_path):
+    from smirk_edge.training.trainer import Trainer
+
+    cfg = _cfg()
+    cfg.finetune.enabled = True
+    cfg.finetune.freeze_blocks = 2
+    cfg.finetune.train = ["expression"]
+    tr = Trainer(cfg, tmp_path, dataset=_fixed(2))
+    enc = tr.encoder
+    assert not any(p.requires_grad for p in enc.pose_encoder.parameters())
+    assert not any(p.requires_grad for p in enc.expression_encoder.encoder.blocks[1].parameters())
+    assert all(p.requires_grad for p in enc.expression_encoder.encoder.blocks[-1].parameters())
+    assert all(p.requires_grad for p in enc.expression_encoder.expression_layers.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_shipped_configs_parse(name):
+    pytest.importorskip("yaml")
+    from smirk_edge.training.config import load_config
+
+    cfg = load_config(REPO / "configs" / name, require_sources=False)
+    assert cfg.stage in (1, 2)
+
+
+def test_config_rejects_unknown_keys_with_a_hint():
+    from smirk_edge.training.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="did you mean 'lr'"):
+        config_from_dict({"optim": {"lrr": 1}}, require_sources=False)
+    cfg = config_from_dict({}, ["optim.lr=5e-4", "run.max_steps=7"], require_sources=False)
+    assert cfg.optim.lr == 5e-4 and cfg.run.max_steps == 7
