@@ -2,7 +2,7 @@
 
 SMIRK's encoder was trained on crops from the bounding box of MediaPipe's 478 landmarks. At run
 time the Reconstructor has other boxes, and maps them with a
-:class:`smirk_edge.reconstructor.BoxMapping` ``(dx, dy, sx, sy)``
+:class:`smirk_edge.crop.BoxMapping` ``(dx, dy, sx, sy)``
 (``centre' = centre + (dx, dy) * side``, ``size' = (sx, sy) * side``, ``side`` = mean of the source
 box's width and height):
 
@@ -52,7 +52,7 @@ import numpy as np
 from smirk_edge._version import __version__
 from smirk_edge.crop import square_from_box
 from smirk_edge.detector import FaceDetector, iou
-from smirk_edge.reconstructor import BoxMapping
+from smirk_edge.crop import BoxMapping
 from smirk_edge.training.annotate import load_annotations, read_index
 
 

@@ -73,6 +73,7 @@ class Subcommand:
     module: str | None = None
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     run: Callable[[argparse.Namespace], int] | None = None
+    main: str | None = None  # name of a ``main(argv) -> int`` in ``module`` that parses its own arguments
 
     def resolve(self) -> tuple[Callable, Callable]:
         if self.module is None:
@@ -93,6 +94,14 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "evaluate": Subcommand("evaluate a checkpoint or bundle: landmark NME, synthetic recovery, expression probe",
                            "smirk_edge.training.cli_evaluate"),
     "pack": Subcommand("pack annotated photos into compact training shards", "smirk_edge.training.cli_pack"),
+    "export": Subcommand("export a checkpoint to a gated bundle: ONNX fp32/fp16/int8, OpenVINO IR, fused graph",
+                         "smirk_edge.export.cli", main="export_main"),
+    "build-engine": Subcommand("build a TensorRT 10 engine from a bundle on the target GPU",
+                               "smirk_edge.export.cli", main="build_engine_main"),
+    "selftest": Subcommand("check a bundle's engine against the golden fp32 outputs on this machine",
+                           "smirk_edge.export.cli", main="selftest_main"),
+    "bench": Subcommand("latency, throughput and memory per stage and engine; JSON/CSV/Markdown/plots",
+                        "smirk_edge.benchmarks.cli"),
     "convert-flame": Subcommand("convert licensed FLAME 2020 + SMIRK assets into a smirk-edge face model (.npz)",
                                 "smirk_edge.face_model.convert"),
 }
@@ -103,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"smirk-edge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, spec in SUBCOMMANDS.items():
+        if spec.main is not None:  # parses its own arguments; listed here for --help only
+            sub.add_parser(name, help=spec.help, description=spec.help, add_help=False)
+            continue
         add_arguments, run = spec.resolve()
         p = sub.add_parser(name, help=spec.help, description=spec.help)
         add_arguments(p)
@@ -111,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS and SUBCOMMANDS[argv[0]].main is not None:
+        spec = SUBCOMMANDS[argv[0]]
+        entry = getattr(importlib.import_module(spec.module), spec.main)
+        try:
+            return int(entry(argv[1:]) or 0)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:

@@ -100,6 +100,46 @@ def crop_from_box(box: np.ndarray, scale: float = DEFAULT_SCALE, size: int = CRO
     return transform_from_square(centre, side, size)
 
 
+@dataclass(frozen=True)
+class BoxMapping:
+    """Maps a source box (detector box, or the box of predicted landmarks) to the box SMIRK's crop
+    policy expects (the box of MediaPipe's 478 landmarks).
+
+    With ``side`` the mean of the source box's width and height and ``u = sin(yaw)`` (head yaw in
+    degrees as :func:`smirk_edge.face_model.model.yaw_degrees` defines it; 0 when unknown):
+    ``centre' = centre + (dx + dx_yaw * u, dy) * side``,
+    ``size' = (sx + sx_yaw * |u|, sy) * side``. Calibrated on real photos (docs/crop.md).
+    """
+
+    dx: float = 0.0
+    dy: float = 0.0
+    sx: float = 1.0
+    sy: float = 1.0
+    dx_yaw: float = 0.0
+    sx_yaw: float = 0.0
+
+    def apply(self, box: np.ndarray, yaw_deg: float = 0.0) -> np.ndarray:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        u = float(np.sin(np.deg2rad(yaw_deg)))
+        side = ((x1 - x0) + (y1 - y0)) / 2.0
+        cx = (x0 + x1) / 2.0 + (self.dx + self.dx_yaw * u) * side
+        cy = (y0 + y1) / 2.0 + self.dy * side
+        hw, hh = (self.sx + self.sx_yaw * abs(u)) * side / 2.0, self.sy * side / 2.0
+        return np.array([cx - hw, cy - hh, cx + hw, cy + hh])
+
+
+# Calibrated by benchmarks/box_calibration.py on 26k MediaPipe-annotated faces, 20% held out
+# (docs/crop.md): held-out crop IoU against the exact SMIRK crop 0.911 (detector box) and 0.935
+# (105-landmark box with the yaw terms).
+DETECTOR_TO_LANDMARK_BOX = BoxMapping(-0.0042, -0.0233, 0.8960, 1.0298)
+LANDMARK105_TO_LANDMARK_BOX = BoxMapping(0.0005, 0.0175, 1.2839, 1.4830, dx_yaw=-0.3933, sx_yaw=0.0388)
+
+
+def landmark_box_from_detection(box: np.ndarray) -> np.ndarray:
+    """The 478-landmark box SMIRK's crop expects, estimated from a BlazeFace detection box."""
+    return DETECTOR_TO_LANDMARK_BOX.apply(box)
+
+
 def to_tensor(crops_bgr: np.ndarray) -> np.ndarray:
     """BGR uint8 crops ``(B, S, S, 3)`` or ``(S, S, 3)`` -> RGB float32 ``(B, 3, S, S)`` in [0, 1].
 

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+
 from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -22,8 +22,9 @@ import numpy as np
 
 from . import camera
 from .bundle import Bundle
-from .crop import CROP_SIZE, DEFAULT_SCALE, CropTransform, crop_from_box, preprocess
-from .errors import BundleError, InputError, SmirkEdgeError
+from .crop import (CROP_SIZE, DEFAULT_SCALE, DETECTOR_TO_LANDMARK_BOX, LANDMARK105_TO_LANDMARK_BOX, BoxMapping,  # noqa: F401
+                   CropTransform, crop_from_box, preprocess)
+from .errors import BundleError, SmirkEdgeError
 from .face_model import FaceModel
 from .face_model.model import rodrigues, yaw_degrees
 from .image import as_bgr_uint8, load_image
@@ -34,41 +35,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BUNDLE_DIR = "default_bundle"
 ENCODER_INPUT = "image"
-
-
-@dataclass(frozen=True)
-class BoxMapping:
-    """Maps a source box (detector box, or the box of predicted landmarks) to the box SMIRK's crop
-    policy expects (the box of MediaPipe's 478 landmarks).
-
-    With ``side`` the mean of the source box's width and height and ``u = sin(yaw)`` (head yaw in
-    degrees as :func:`smirk_edge.face_model.model.yaw_degrees` defines it; 0 when unknown):
-    ``centre' = centre + (dx + dx_yaw * u, dy) * side``,
-    ``size' = (sx + sx_yaw * |u|, sy) * side``. Calibrated on real photos (docs/crop.md).
-    """
-
-    dx: float = 0.0
-    dy: float = 0.0
-    sx: float = 1.0
-    sy: float = 1.0
-    dx_yaw: float = 0.0
-    sx_yaw: float = 0.0
-
-    def apply(self, box: np.ndarray, yaw_deg: float = 0.0) -> np.ndarray:
-        x0, y0, x1, y1 = (float(v) for v in box)
-        u = float(np.sin(np.deg2rad(yaw_deg)))
-        side = ((x1 - x0) + (y1 - y0)) / 2.0
-        cx = (x0 + x1) / 2.0 + (self.dx + self.dx_yaw * u) * side
-        cy = (y0 + y1) / 2.0 + self.dy * side
-        hw, hh = (self.sx + self.sx_yaw * abs(u)) * side / 2.0, self.sy * side / 2.0
-        return np.array([cx - hw, cy - hh, cx + hw, cy + hh])
-
-
-# Calibrated by benchmarks/box_calibration.py on 26k MediaPipe-annotated faces, 20% held out
-# (docs/crop.md): held-out crop IoU against the exact SMIRK crop 0.911 (detector box) and 0.935
-# (105-landmark box with the yaw terms).
-DETECTOR_TO_LANDMARK_BOX = BoxMapping(-0.0042, -0.0233, 0.8960, 1.0298)
-LANDMARK105_TO_LANDMARK_BOX = BoxMapping(0.0005, 0.0175, 1.2839, 1.4830, dx_yaw=-0.3933, sx_yaw=0.0388)
 
 
 def default_bundle_path() -> Path:

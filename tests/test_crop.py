@@ -111,7 +111,7 @@ def test_bad_boxes_raise_input_error():
 
 
 def test_box_mappings():
-    from smirk_edge.reconstructor import BoxMapping, LANDMARK105_TO_LANDMARK_BOX
+    from smirk_edge.crop import LANDMARK105_TO_LANDMARK_BOX, BoxMapping
 
     m = BoxMapping(0.1, -0.05, 1.2, 1.5)
     np.testing.assert_allclose(m.apply([0, 0, 100, 100]), [50 + 10 - 60, 50 - 5 - 75, 50 + 10 + 60, 50 - 5 + 75])

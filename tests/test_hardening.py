@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 from factories import random_face_model_arrays
 from smirk_edge.bundle import MANIFEST, Bundle
 from smirk_edge.errors import BundleError, FaceModelError, InputError
-from smirk_edge.face_model import FaceModel, format as fmt
+from smirk_edge.face_model import FaceModel
 from smirk_edge.image import as_bgr_uint8, decode_image
 
 # CI budget; the long harness run sets SMIRK_EDGE_FUZZ_EXAMPLES (see docs/hardening.md)
@@ -83,6 +83,19 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
                            max_leaves=20)
 
 
+def _reach(base, target):
+    """The dict a mutation targets, or None when earlier mutations made it unreachable."""
+    if target == "top":
+        return base
+    arts = base.get("artifacts")
+    if not isinstance(arts, list) or not arts or not isinstance(arts[0], dict):
+        return None
+    if target == "artifact":
+        return arts[0]
+    files = arts[0].get("files")
+    return files[0] if isinstance(files, list) and files and isinstance(files[0], dict) else None
+
+
 @st.composite
 def manifests(draw):
     base = {"schema": "smirk-edge-bundle", "schema_version": 1, "metadata": {}, "artifacts": [
@@ -93,8 +106,7 @@ def manifests(draw):
         key = draw(st.sampled_from(["schema", "schema_version", "artifacts", "name", "kind", "role", "precision",
                                     "files", "path", "sha256", "bytes", "attrs", "metadata"]))
         value = draw(json_values)
-        node = base if target == "top" else base["artifacts"][0] if target == "artifact" else \
-            base["artifacts"][0]["files"][0]
+        node = _reach(base, target)
         if isinstance(node, dict):
             node[key] = value
     return base

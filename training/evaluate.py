@@ -412,6 +412,7 @@ def evaluate(checkpoint: str | None = None, bundle: str | None = None, annotatio
         raise InputError("give annotations or shards, not both")
     if annotations or shards:
         table = table_from_annotations(annotations, image_root) if annotations else table_from_shards(shards)
+        full_table = table  # the probe uses every labelled face, with subjects kept apart by its folds
         if split:
             keep = read_split(split, subset)
             table = table.select(np.array([n in keep for n in table.names], bool))
@@ -420,7 +421,7 @@ def evaluate(checkpoint: str | None = None, bundle: str | None = None, annotatio
         report["landmarks"] = evaluate_landmarks(pred, table, limit, face_model_path=face_model)
         if expressive_csv:
             say("linear probe on expressive faces")
-            report["probe"] = probe_expressive(pred, table, expressive_csv)
+            report["probe"] = probe_expressive(pred, full_table, expressive_csv)
         if out and sheet and isinstance(pred, TorchPredictor):
             k = min(sheet, len(table))
             pick = np.linspace(0, len(table) - 1, k).round().astype(int)

@@ -54,7 +54,7 @@ export_encoder() {  # official-layout encoder-only copy (the stage-2 file with t
 stage1() {
   "${LAUNCH[@]}" smirk_edge.training.cli train --config configs/gpu_stage1.yaml --out "$RUN_DIR/stage1" \
       --max-minutes "$MIN1" --resume auto ${EXTRA:-} 2>&1 | tee -a "$OUT/run.log" | grep -v "it/s\]" || true
-  cp "$RUN_DIR/stage1/log.jsonl" "$OUT/stage1_log.jsonl"
+  cp "$RUN_DIR/stage1/log.jsonl" "$OUT/stage1_log.jsonl" || echo "stage 1 wrote no log" | tee -a "$OUT/run.log"
   export_encoder "$RUN_DIR/stage1/smirk_latest.pt" "$OUT/smirk_stage1_encoder.pt"
 }
 
@@ -62,16 +62,16 @@ stage2() {
   "${LAUNCH[@]}" smirk_edge.training.cli train --config configs/gpu_stage2.yaml --out "$RUN_DIR/stage2" \
       --init-from "$RUN_DIR/stage1/smirk_latest.pt" --max-minutes "$MIN2" --resume auto ${EXTRA:-} 2>&1 \
       | tee -a "$OUT/run.log" | grep -v "it/s\]" || true
-  cp "$RUN_DIR/stage2/log.jsonl" "$OUT/stage2_log.jsonl"
+  cp "$RUN_DIR/stage2/log.jsonl" "$OUT/stage2_log.jsonl" || echo "stage 2 wrote no log" | tee -a "$OUT/run.log"
   export_encoder "$RUN_DIR/stage2/smirk_latest.pt" "$OUT/smirk_encoder.pt"
 }
 
 evaluate() {
   local ck="$RUN_DIR/stage2/smirk_latest.pt"
   [ -f "$ck" ] || ck="$RUN_DIR/stage1/smirk_latest.pt"
-  "${MOD[@]}" smirk_edge.training.cli evaluate --checkpoint "$ck" --device cuda \
+  "${MOD[@]}" smirk_edge.training.cli evaluate --checkpoint "$ck" --device "${EVAL_DEVICE:-cuda}" \
       --shards "$SHARDS/expressive" --split "$SHARDS/expressive/split.json" --subset val \
-      --expressive-csv "$SHARDS/expressive/expressive.csv" --synthetic 512 --out "$RUN_DIR/eval" \
+      --expressive-csv "$SHARDS/expressive/expressive.csv" --synthetic "${NSYN:-512}" --out "$RUN_DIR/eval" \
       >"$RUN_DIR/eval.stdout" 2>>"$OUT/run.log" || echo "evaluation failed (see run.log)" | tee -a "$OUT/run.log"
   cp "$RUN_DIR/eval/eval.json" "$RUN_DIR/eval/contact_sheet.png" "$OUT/" 2>/dev/null || true
   "${MOD[@]}" smirk_edge.training.plot_losses "$RUN_DIR"/stage*/log.jsonl -o "$OUT/loss_curve.png" \

@@ -606,7 +606,10 @@ class Trainer:
                     bar.update(1)
                 now = time.perf_counter()
                 self.elapsed = start_elapsed + (now - t0)
-                if self.step % run.log_every == 0:
+                done = (run.max_steps is not None and self.step >= run.max_steps)
+                over = budget_s is not None and (now - t0) >= budget_s
+                stopping = self._agree(done or over)  # same answer on every rank
+                if self.step % run.log_every == 0 or stopping:  # the last step is always logged
                     vals = self._reduce_log()
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
@@ -622,9 +625,7 @@ class Trainer:
                             bar.set_postfix(loss=f"{vals.get('loss', float('nan')):.4g}", ips=f"{ips:.0f}")
                 if run.ckpt_every and self.step % run.ckpt_every == 0:
                     self.save()
-                done = (run.max_steps is not None and self.step >= run.max_steps)
-                over = budget_s is not None and (now - t0) >= budget_s
-                if self._agree(done or over):
+                if stopping:
                     stop = True
                     reason = "max_steps" if done else "max_minutes"
                     break

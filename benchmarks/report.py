@@ -1,0 +1,653 @@
+"""Report writer: benchmark rows -> JSON, CSV, Markdown, PNG plots, and a one-line summary.
+
+``python -m smirk_edge.benchmarks.report CPU.json [GPU.json ...] -o docs/benchmarks.md`` merges
+result files (each a JSON list of rows, from ``smirk-edge bench`` or the GPU entry point) into one
+Markdown report; plots go beside it (``--plots-dir``, default ``<md folder>/images``) when
+matplotlib is installed.
+
+Ratios (our speedup over the reference path) are only formed between rows of the **same run**
+(same ``run_id``: same machine, same invocation), never across files.
+
+Imports numpy only at module level; matplotlib inside :func:`write_plots`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .stats import NESTED_FIELDS, ROW_FIELDS, STAGES, STAT_KEYS
+
+TARGETS = {
+    "image_e2e_ms": 4.0,
+    "video_frame_ms": 2.5,
+    "int8_encoder_ms": 1.5,
+    "reference_ms": 37.0,
+}
+"""Targets on the 2-core development machine at 2 threads (not asserted; reported)."""
+
+PLOT_FILES = {"stages": "bench_latency_stages.png", "accuracy": "bench_accuracy_latency.png",
+              "throughput": "bench_throughput.png"}
+
+
+# ------------------------------------------------------------------------------------------ io
+def load_rows(paths: Iterable[str | os.PathLike]) -> list[dict]:
+    """Rows of one or more result files (a JSON list of rows, or ``{"rows": [...]}``)."""
+    rows: list[dict] = []
+    for p in paths:
+        data = json.loads(Path(p).read_text(encoding="utf-8"))
+        rows += data["rows"] if isinstance(data, dict) else data
+    return rows
+
+
+def _flatten(prefix: str, value, out: dict) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    elif isinstance(value, (list, tuple)):
+        out[prefix] = json.dumps(value)
+    else:
+        out[prefix] = value
+
+
+def csv_columns(rows: Sequence[dict]) -> list[str]:
+    """CSV header: :data:`ROW_FIELDS`, other scalar fields, then flattened nested fields."""
+    cols = list(ROW_FIELDS)
+    extra, nested = [], []
+    for r in rows:
+        flat: dict = {}
+        for k, v in r.items():
+            if k in ("invocation", "error"):
+                continue
+            if k in NESTED_FIELDS or isinstance(v, dict):
+                _flatten(k, v, flat)
+                nested += [c for c in flat if c not in nested]
+                flat.clear()
+            elif k not in cols and k not in extra:
+                extra.append(k)
+    return cols + extra + nested
+
+
+def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> list[str]:
+    """Write ``rows`` as CSV (one line per row); returns the columns."""
+    cols = csv_columns(rows)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            flat: dict = {}
+            for k, v in r.items():
+                if k in NESTED_FIELDS or isinstance(v, dict):
+                    _flatten(k, v, flat)
+                elif isinstance(v, (list, tuple)):
+                    flat[k] = json.dumps(v)
+                else:
+                    flat[k] = v
+            w.writerow({c: flat.get(c, "") for c in cols})
+    return cols
+
+
+# ----------------------------------------------------------------------------------- selection
+def _ok(r: dict) -> bool:
+    return r.get("stage") != "error"
+
+
+def _sel(rows, **want) -> list[dict]:
+    return [r for r in rows if _ok(r) and all(r.get(k) == v for k, v in want.items())]
+
+
+def _fmt(v, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and (math.isnan(v) or math.isinf(v))):
+        return "-"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        if abs(v) >= 100:
+            return f"{v:.0f}" if digits <= 2 else f"{v:.1f}"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _table(header: Sequence[str], lines: Sequence[Sequence]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(_fmt(c) for c in line) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def _label(r: dict) -> str:
+    parts = [str(r.get("engine")), str(r.get("precision"))]
+    if r.get("threads"):
+        parts.append(f"{r['threads']}t")
+    if r.get("suite") == "pipeline":
+        parts.append(str(r.get("mode")))
+        if r.get("refine") is False:
+            parts.append("no refine")
+    return " ".join(parts)
+
+
+def _configs(rows, suite: str) -> "OrderedDict[tuple, dict[str, dict]]":
+    """(run_id, config) -> {stage: row} for one suite, in row order."""
+    out: OrderedDict = OrderedDict()
+    for r in rows:
+        if r.get("suite") == suite and _ok(r):
+            out.setdefault((r.get("run_id"), r.get("config")), {})[r.get("stage")] = r
+    return out
+
+
+def _stat(cfg: dict, stage: str, key: str = "p50_ms"):
+    r = cfg.get(stage)
+    return None if r is None else r.get(key)
+
+
+def _best(configs: dict, pred, stage: str = "total") -> tuple[dict | None, float | None]:
+    best, val = None, None
+    for cfg in configs.values():
+        any_row = next(iter(cfg.values()))
+        if not pred(any_row):
+            continue
+        v = _stat(cfg, stage)
+        if v is not None and (val is None or v < val):
+            best, val = cfg, v
+    return best, val
+
+
+def _encoder_points(rows) -> list[dict]:
+    return [r for r in rows if r.get("suite") == "encoder" and _ok(r) and r.get("stage") in ("encode", "encode+decode")]
+
+
+# --------------------------------------------------------------------------------------- summary
+def headline(rows: Sequence[dict]) -> dict:
+    """The numbers of the summary: best 720p image / video end to end, int8 encoder, reference (p50 ms, 2 threads
+    where measured, else the most threads measured), with their configurations."""
+    pipe = _configs(rows, "pipeline")
+    ref = _configs(rows, "reference")
+    th_all = sorted({r.get("threads") or 0 for r in rows if r.get("suite") in ("pipeline", "encoder", "reference")})
+    th = 2 if 2 in th_all else (th_all[-1] if th_all else None)
+    out: dict = {"threads": th}
+    cfg, v = _best(pipe, lambda r: r.get("mode") == "image" and r.get("threads") == th)
+    out["image"] = (v, _label(next(iter(cfg.values()))) if cfg else None, cfg)
+    cfg, v = _best(pipe, lambda r: r.get("mode") == "video" and r.get("threads") == th)
+    out["video"] = (v, _label(next(iter(cfg.values()))) if cfg else None, cfg)
+    enc = [r for r in _encoder_points(rows) if r["stage"] == "encode" and r.get("batch") == 1 and r.get("threads") == th
+           and r.get("precision") == "int8"]
+    e = min(enc, key=lambda r: r["p50_ms"]) if enc else None
+    out["int8_encoder"] = (e["p50_ms"] if e else None, _label(e) if e else None, e)
+    cfg, v = _best(ref, lambda r: r.get("threads") == th)
+    out["reference"] = (v, "torch eager fp32 (autograd on)" if cfg else None, cfg)
+    return out
+
+
+def summary_line(rows: Sequence[dict]) -> str:
+    """One line: best image / video end to end, int8 encoder, reference and the speedup (p50)."""
+    h = headline(rows)
+    parts = []
+    if h["image"][0] is not None:
+        parts.append(f"720p image e2e {h['image'][0]:.2f} ms ({h['image'][1]})")
+    if h["video"][0] is not None:
+        parts.append(f"video frame {h['video'][0]:.2f} ms ({h['video'][1]})")
+    if h["int8_encoder"][0] is not None:
+        parts.append(f"int8 encoder {h['int8_encoder'][0]:.2f} ms")
+    if h["reference"][0] is not None:
+        parts.append(f"reference {h['reference'][0]:.1f} ms")
+        if h["image"][0]:
+            parts.append(f"speedup x{h['reference'][0] / h['image'][0]:.1f}")
+    gpu = [r for r in rows if str(r.get("suite", "")).startswith("gpu") and _ok(r)]
+    if gpu:
+        parts.append(f"{len(gpu)} GPU rows")
+    errors = [r for r in rows if not _ok(r)]
+    tail = f"; {len(errors)} failed configuration(s)" if errors else ""
+    where = f"p50, {h['threads']} threads" if h["threads"] else "p50"
+    return (f"smirk-edge bench ({where}): " + " | ".join(parts or ["no timings"])
+            + f" [{len(rows)} rows{tail}]")
+
+
+# ------------------------------------------------------------------------------------- markdown
+def _machines(rows) -> "OrderedDict[str, tuple[dict, dict]]":
+    out: OrderedDict = OrderedDict()
+    # versions from the SDK's own processes first (the MediaPipe side process has its own environment)
+    for r in sorted(rows, key=lambda r: r.get("suite") == "crop_source"):
+        m = r.get("machine")
+        if not isinstance(m, dict):
+            continue
+        cpu = m.get("cpu", {})
+        gpus = ", ".join(g.get("name", "?") for g in m.get("gpus", [])) or "none"
+        key = f"{cpu.get('model', '?')} / {gpus} / {m.get('platform', '?')}"
+        if key not in out:
+            out[key] = (m, r.get("versions") or {})
+    return out
+
+
+def _machine_section(rows) -> str:
+    lines = ["## Machine" + ("s" if len(_machines(rows)) > 1 else "")]
+    for key, (m, versions) in _machines(rows).items():
+        cpu = m.get("cpu", {})
+        gpus = "; ".join(f"{g.get('name')} ({g.get('memory', '')}, driver {g.get('driver', '-')}, "
+                         f"cc {g.get('compute_capability', '-')})" for g in m.get("gpus", [])) or "none"
+        runs = sorted({r.get("run_id") for r in rows if isinstance(r.get("machine"), dict)
+                       and r["machine"].get("cpu", {}).get("model") == cpu.get("model")
+                       and r["machine"].get("platform") == m.get("platform")})
+        mp = next((r.get("versions") for r in rows if r.get("suite") == "crop_source" and r.get("versions")), None)
+        if mp:
+            versions = {**versions, "mediapipe (side process)": mp.get("mediapipe")}
+        vers = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+        lines += [f"- **CPU**: {cpu.get('model')} ({cpu.get('usable_cores')}/{cpu.get('logical_cores')} cores usable, "
+                  f"{cpu.get('arch')}; flags: {' '.join(cpu.get('flags', [])) or '-'})",
+                  f"  **GPU**: {gpus}",
+                  f"  **Python** {m.get('python')} on {m.get('platform')}; smirk-edge {m.get('smirk_edge')}",
+                  f"  **Packages**: {vers or '-'}",
+                  f"  **Runs**: {', '.join(str(x) for x in runs)}"]
+    return "\n".join(lines)
+
+
+def _stage_section(rows) -> str:
+    pipe = _configs(rows, "pipeline")
+    ref = _configs(rows, "reference")
+    if not pipe and not ref:
+        return ""
+    stages = [s for s in STAGES if s != "total" and any(s in c for c in list(pipe.values()) + list(ref.values()))]
+    head = ["configuration", *stages, "total mean", "p50", "p90", "p99", "runs", "peak RSS MB"]
+    lines = []
+    for cfg in list(pipe.values()) + list(ref.values()):
+        any_row = cfg.get("total") or next(iter(cfg.values()))
+        label = _label(any_row) if any_row.get("suite") == "pipeline" else f"**reference** ({any_row.get('threads')}t)"
+        lines.append([label, *[_stat(cfg, s, "mean_ms") for s in stages], _stat(cfg, "total", "mean_ms"),
+                      _stat(cfg, "total"), _stat(cfg, "total", "p90_ms"), _stat(cfg, "total", "p99_ms"),
+                      any_row.get("runs"), any_row.get("peak_rss_mb")])
+    text = ["## Where the time goes: end to end, per stage (ms)",
+            "Stage columns are **means** over the runs (they add up to the total mean; a stage that does not run "
+            "every frame, such as the detector while tracking, counts 0 ms in the frames without it). `encode` with "
+            "refine on holds two encoder passes (the detector box, then the box of the predicted landmarks); "
+            "`decode` holds the landmark decode of the refine pass too. `total` is the SDK's own end-to-end timer.",
+            "", _table(head, lines)]
+    notes = sorted({f"{_label(c.get('total') or next(iter(c.values())))}: crop source = {r.get('crop_source')}"
+                    for c in pipe.values() for r in [c.get("total") or next(iter(c.values()))]
+                    if r.get("crop_source") and r.get("crop_source") != "detector"})
+    if notes:
+        text += ["", "Crop source differs from the detector in: " + "; ".join(notes)]
+    ref_notes = sorted({r.get("crop_source") for c in ref.values() for r in c.values() if r.get("crop_source")})
+    if ref_notes:
+        text += ["", "Reference crop source: " + "; ".join(ref_notes) + "."]
+    return "\n".join(text)
+
+
+def _speedup_section(rows) -> str:
+    pipe = _configs(rows, "pipeline")
+    ref = _configs(rows, "reference")
+    if not ref or not pipe:
+        return ""
+    ref_by = {(k[0], (next(iter(c.values()))).get("threads")): c for k, c in ref.items()}
+    enc = {(r.get("run_id"), r.get("engine"), r.get("precision"), r.get("threads")): r
+           for r in _encoder_points(rows) if r["stage"] == "encode" and r.get("batch") == 1}
+    lines = []
+    for (run, _), cfg in pipe.items():
+        r = cfg.get("total")
+        if r is None:
+            continue
+        rc = ref_by.get((run, r.get("threads")))
+        if rc is None:
+            continue
+        e = enc.get((run, r.get("engine"), r.get("precision"), r.get("threads")))
+        ref_total, ref_enc = _stat(rc, "total"), _stat(rc, "encode")
+        lines.append([_label(r), r["p50_ms"], ref_total, ref_total / r["p50_ms"] if r["p50_ms"] else None,
+                      e["p50_ms"] if e else None, ref_enc, (ref_enc / e["p50_ms"]) if e and ref_enc else None])
+    if not lines:
+        return ""
+    return "\n".join([
+        "## Speedup over the reference path (same run, same machine)",
+        "The reference is what a user of the official SMIRK code runs today (written by us from SMIRK_FACTS.md; "
+        "see `benchmarks/reference.py`): the crop source (MediaPipe face mesh when configured, else our BlazeFace), "
+        "a float64 bilinear warp of the whole frame, the torch eager fp32 encoder **with autograd on**, and the "
+        "torch FLAME decode. Ratios are p50 / p50 between rows of the same invocation; the video rows are compared "
+        "with the reference's per-image path (the official code has no tracking).",
+        "",
+        _table(["ours", "ours e2e p50", "reference e2e p50", "speedup", "our encoder p50 (batch 1)",
+                "reference encoder p50", "encoder speedup"], lines)])
+
+
+def _targets_section(rows) -> str:
+    h = headline(rows)
+    if all(h[k][0] is None for k in ("image", "video", "int8_encoder", "reference")):
+        return ""
+    th = h["threads"]
+    rows_out = []
+    for key, what, tkey, better in (("image", "720p image, end to end", "image_e2e_ms", "le"),
+                                    ("video", "video frame (tracking), end to end", "video_frame_ms", "le"),
+                                    ("int8_encoder", "int8 encoder, batch 1", "int8_encoder_ms", "le"),
+                                    ("reference", "reference path (for scale)", "reference_ms", "info")):
+        v, label, _ = h[key]
+        target = TARGETS[tkey]
+        met = "-" if v is None else ("~" if better == "info" else ("yes" if v <= target else "no"))
+        rows_out.append([what, f"<= {target:g}" if better == "le" else f"~{target:g}", v, label or "-", met])
+    text = [f"## Targets ({th} threads, p50 ms, best configuration)",
+            "Targets of the 2-core development machine, not asserted. Where one is missed, the stage table "
+            "below shows where the time goes."]
+    loads = [r["loadavg_start"][0] for r in rows if isinstance(r.get("loadavg_start"), list) and r["loadavg_start"]]
+    cores = [((r.get("machine") or {}).get("cpu") or {}).get("usable_cores") for r in rows]
+    cores = [c for c in cores if c]
+    if loads and cores and max(loads) > min(cores):
+        text.append(f"**The machine was busy with other work**: 1-minute load average {min(loads):.1f}-{max(loads):.1f} "
+                    f"on {min(cores)} usable cores when the configurations started. Multi-threaded rows then compete "
+                    f"with other processes for every core (a 2-thread engine waits for its slowest thread), so "
+                    f"they read far slower than on an idle machine; the 1-thread rows and the ratios within one run "
+                    f"are the trustworthy figures of such a run.")
+    return "\n".join(text + ["", _table(["what", "target", "measured", "configuration", "met"], rows_out)])
+
+
+def _throughput_section(rows) -> str:
+    pts = _encoder_points(rows)
+    if not pts:
+        return ""
+    by: OrderedDict = OrderedDict()
+    for r in pts:
+        by.setdefault((r.get("run_id"), r.get("config"), r.get("batch")), {})[r["stage"]] = r
+    lines = []
+    for (_, _, b), d in by.items():
+        e, ed = d.get("encode"), d.get("encode+decode")
+        r = e or ed
+        lines.append([_label(r), b, e and e["p50_ms"], e and e["p99_ms"], e and e.get("items_per_s"),
+                      ed and ed["p50_ms"], ed and ed.get("items_per_s"), r.get("runs")])
+    return "\n".join([
+        "## Encoder throughput (batches of real face crops)",
+        "`encode`: the engine alone on a batch of crops; `encode+decode`: plus the numpy face-model decode "
+        "(vertices and landmarks) of the batch. faces/s = batch x 1000 / p50. Large batches may use fewer than the "
+        "requested runs (never fewer than 10) to bound the time per point; `runs` says how many.",
+        "", _table(["configuration", "batch", "encode p50 ms", "p99", "faces/s", "encode+decode p50", "faces/s",
+                    "runs"], lines)])
+
+
+def _accuracy_section(rows) -> str:
+    pts = [r for r in _encoder_points(rows) if r["stage"] == "encode" and r.get("batch") == 1]
+    if not pts:
+        return ""
+    th = max((r.get("threads") or 0) for r in pts)
+    lines = []
+    for r in pts:
+        if (r.get("threads") or 0) != th:
+            continue
+        a = r.get("accuracy") or {}
+        size = r.get("artifact_bytes")
+        lines.append([r.get("artifact"), r.get("engine"), r.get("precision"), size / 1e6 if size else None,
+                      a.get("lmk_mean_px"), a.get("lmk_p99_px"), a.get("vertex_mean_mm"), a.get("expression_mae"),
+                      ("yes" if a.get("passed") else "no") if a else "-", r["p50_ms"], r.get("items_per_s")])
+    return "\n".join([
+        f"## Accuracy beside latency ({th} threads, batch 1)",
+        "Accuracy: the export gate's numbers against fp32 torch on held-back real face crops, read from the bundle "
+        "manifest (`attrs['accuracy']`; `-` when the artifact carries none). Landmark errors in pixels of the 224 "
+        "crop, vertex error in mm.", "",
+        _table(["artifact", "engine", "precision", "size MB", "lmk mean px", "lmk p99 px", "vertex mm",
+                "expr MAE", "gate passed", "encode p50 ms", "faces/s"], lines)])
+
+
+def _memory_section(rows) -> str:
+    lines = []
+    for suite in ("pipeline", "encoder", "reference"):
+        for cfg in _configs(rows, suite).values():
+            r = next(iter(cfg.values()))
+            label = _label(r) if suite != "reference" else f"reference ({r.get('threads')}t)"
+            load = r.get("loadavg_start")
+            lines.append([suite, label, r.get("peak_rss_mb"), _stat(cfg, "open"), _stat(cfg, "first_call"),
+                          _stat(cfg, "total") if suite != "encoder" else None,
+                          load[0] if isinstance(load, (list, tuple)) and load else None])
+    if not lines:
+        return ""
+    return "\n".join(["## Memory and start-up",
+                      "Peak RSS of the configuration's own process (`VmHWM`), the time to open it (bundle check "
+                      "and engine start, or runner activation) and its first, cold call. `load` is the machine's "
+                      "1-minute load average when the process started (above the number of cores means other work "
+                      "competed for the CPU).", "",
+                      _table(["suite", "configuration", "peak RSS MB", "open ms", "first call ms", "steady p50 ms",
+                              "load"], lines)])
+
+
+def _full_stats_section(rows) -> str:
+    lines = []
+    for r in rows:
+        if not _ok(r) or r.get("suite") not in ("pipeline", "reference", "crop_source") or r.get("stage") in (
+                "open", "first_call"):
+            continue
+        label = _label(r) if r.get("suite") == "pipeline" else (
+            f"reference ({r.get('threads')}t)" if r.get("suite") == "reference" else f"mediapipe {r.get('mode')}")
+        lines.append([label, r.get("stage"), *[r.get(k) for k in STAT_KEYS], r.get("runs")])
+    if not lines:
+        return ""
+    return "\n".join(["<details><summary>Full statistics of every stage (ms)</summary>", "",
+                      _table(["configuration", "stage", *[k.replace("_ms", "") for k in STAT_KEYS], "runs"], lines),
+                      "", "</details>"])
+
+
+def _gpu_section(rows) -> str:
+    g = [r for r in rows if str(r.get("suite", "")).startswith("gpu") and _ok(r)]
+    if not g:
+        return ""
+    text = ["## GPU", "Measured with CUDA events around each call (torch), wall clock for CPU engines on that "
+            "machine; p50 over the runs after warm-up. `eager+autograd` is how the upstream demo runs the encoder."]
+    enc = [r for r in g if r.get("suite") == "gpu-encoder"]
+    if enc:
+        lines = [[r.get("engine"), r.get("precision"), r.get("layout", "-"), r.get("batch"), r["p50_ms"],
+                  r["p99_ms"], r.get("items_per_s"), r.get("runs"), r.get("note", "")] for r in enc]
+        text += ["", "### Encoder", "", _table(["mode", "dtype", "layout", "batch", "p50 ms", "p99 ms", "faces/s",
+                                                "runs", "note"], lines)]
+    e2e = _configs(g, "gpu-e2e")
+    if e2e:
+        stages = ["upload", "crop", "encode", "decode", "project", "download"]
+        lines = []
+        for cfg in e2e.values():
+            r = cfg.get("total") or next(iter(cfg.values()))
+            lines.append([f"{r.get('engine')} {r.get('precision')}", r.get("batch"),
+                          *[_stat(cfg, s, "mean_ms") for s in stages], _stat(cfg, "total", "mean_ms"),
+                          _stat(cfg, "total"), _stat(cfg, "total", "p99_ms")])
+        text += ["", "### End to end on the GPU (720p frame uploaded, crop by affine_grid + grid_sample with the "
+                 "SDK's crop matrix, encoder, FLAME decode, projection, results downloaded; crop from the known "
+                 "box, as while tracking)", "",
+                 _table(["encoder", "faces", *stages, "total mean", "p50", "p99"], lines)]
+    cpu = [r for r in g if r.get("suite") == "gpu-host-cpu"]
+    if cpu:
+        lines = [[r.get("engine"), r.get("precision"), r.get("threads"), r.get("batch"), r.get("stage"), r["p50_ms"],
+                  r["p99_ms"], r.get("items_per_s")] for r in cpu]
+        text += ["", "### CPU engines on the GPU machine", "",
+                 _table(["engine", "precision", "threads", "batch", "stage", "p50 ms", "p99 ms", "items/s"], lines)]
+    skipped = sorted({r.get("note") for r in rows if str(r.get("suite", "")).startswith("gpu") and not _ok(r)})
+    if skipped:
+        text += ["", "Not measured there: " + "; ".join(s for s in skipped if s)]
+    return "\n".join(text)
+
+
+def _hotpath_section(rows) -> str:
+    hp = [r for r in rows if r.get("suite") == "hotpath" and _ok(r)]
+    if not hp:
+        return ""
+    lines = [[r.get("probe"), r.get("variant"), r.get("p50_ms"), r.get("mean_ms"), r.get("p90_ms"), r.get("runs"),
+              r.get("note", "")] for r in hp]
+    return "\n".join([
+        f"## Hot-path probes ({hp[0].get('threads')} thread)",
+        "Pieces of the SDK's per-frame work on the 720p frame, and a cheaper way to do the same work where one "
+        "exists (measured by `benchmarks/hotpath.py`, not applied to the SDK).", "",
+        _table(["probe", "variant", "p50 ms", "mean ms", "p90 ms", "runs", "note"], lines)])
+
+
+def _notes_section(rows) -> str:
+    notes = []
+    models = {json.dumps(r.get("model"), sort_keys=True) for r in rows if r.get("model")}
+    for m in sorted(models):
+        d = json.loads(m)
+        notes.append(f"Model: encoder `{d.get('encoder_variant')}`, weights: {d.get('weights')}, face model "
+                     f"`{d.get('face_model_id')}`.")
+    if any("random" in str((r.get("model") or {}).get("weights", "")) for r in rows):
+        notes.append("The encoder weights are **random** (no trained demo model exists yet): latency does not depend "
+                     "on the weights, but the accuracy numbers only say how far each artifact drifts from fp32 torch "
+                     "on the same random network.")
+    notes.append("Shared, noisy machines: every configuration ran in a fresh process; compare ratios within one run "
+                 "rather than absolute times across runs.")
+    errs = [r for r in rows if not _ok(r)]
+    for r in errs:
+        notes.append(f"Failed / skipped: `{r.get('config')}`: {r.get('note')}")
+    return "## Notes\n" + "\n".join(f"- {n}" for n in notes)
+
+
+def markdown(rows: Sequence[dict], plots: dict[str, str] | None = None, title: str = "smirk-edge benchmarks",
+             sources: Sequence[str] = ()) -> str:
+    """The Markdown report of ``rows`` (``plots``: name -> relative path of the PNGs to link)."""
+    runs = sorted({str(r.get("run_id")) for r in rows})
+    inv = [r.get("invocation") for r in rows if isinstance(r.get("invocation"), dict)]
+    argvs = sorted({" ".join(i.get("argv") or []) for i in inv})
+    argvs = [f"benchmarks/gpu_entry.sh {a[len('--gpu'):].strip()}".strip() if a.startswith("--gpu") else
+             f"smirk-edge bench {a}".strip() for a in argvs]
+    parts = [f"# {title}", "",
+             "<!-- GENERATED by smirk_edge.benchmarks.report from benchmark rows; do not edit by hand. -->",
+             f"Generated from {len(rows)} rows of run(s) {', '.join(runs)}"
+             + (f" ({', '.join(Path(s).name for s in sources)})" if sources else "") + ".",
+             "Regenerate: `smirk-edge bench -o DIR` (CPU), `benchmarks/gpu_entry.sh` (GPU), then "
+             "`python -m smirk_edge.benchmarks.report DIR/results.json GPU.json -o docs/benchmarks.md`."]
+    if argvs:
+        parts.append("Invocations: " + "; ".join(f"`{a}`" for a in argvs) + ".")
+    parts += ["", summary_line(rows).replace("smirk-edge bench", "**Summary**", 1)]
+    for section in (_targets_section, _stage_section, _speedup_section, _throughput_section, _accuracy_section,
+                    _memory_section, _hotpath_section, _gpu_section, _machine_section, _full_stats_section,
+                    _notes_section):
+        s = section(rows)
+        if s:
+            parts += ["", s]
+    if plots:
+        parts += ["", "## Plots"] + [f"![{k}]({v})" for k, v in plots.items()]
+    elif plots is not None:
+        parts += ["", "_Plots skipped: matplotlib is not installed (pip install matplotlib)._"]
+    return "\n".join(parts) + "\n"
+
+
+# ----------------------------------------------------------------------------------------- plots
+def write_plots(rows: Sequence[dict], folder: str | os.PathLike) -> dict[str, Path]:
+    """PNG plots: per-stage stacked latency bars, accuracy vs latency, throughput. {} without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    cfgs = list(_configs(rows, "pipeline").values()) + list(_configs(rows, "reference").values())
+    if cfgs:
+        stages = [s for s in STAGES if s != "total" and any(s in c for c in cfgs)]
+        labels = []
+        for c in cfgs:
+            r = c.get("total") or next(iter(c.values()))
+            labels.append(_label(r) if r.get("suite") == "pipeline" else f"reference {r.get('threads')}t")
+        fig, ax = plt.subplots(figsize=(9, 0.38 * len(cfgs) + 1.5))
+        left = [0.0] * len(cfgs)
+        for s in stages:
+            vals = [(_stat(c, s, "mean_ms") or 0.0) for c in cfgs]
+            ax.barh(labels, vals, left=left, label=s)
+            left = [a + b for a, b in zip(left, vals)]
+        totals = sorted(left)
+        cap = 3.0 * totals[len(totals) // 2] if totals else 0.0
+        if totals and totals[-1] > cap > 0:  # a few very slow rows would flatten the rest: clip and label them
+            ax.set_xlim(0, cap)
+            for i, v in enumerate(left):
+                if v > cap:
+                    ax.text(cap * 0.98, i, f"{v:,.0f} ms >", ha="right", va="center", fontsize=7, color="white")
+        ax.set_xlabel("ms per frame (stage means, stacked)")
+        ax.set_title("Latency per stage")
+        ax.invert_yaxis()
+        ax.legend(fontsize=7, ncol=4, loc="lower right")
+        fig.tight_layout()
+        p = folder / PLOT_FILES["stages"]
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        out["stages"] = p
+    pts = [r for r in _encoder_points(rows) if r["stage"] == "encode" and r.get("batch") == 1
+           and (r.get("accuracy") or {}).get("lmk_mean_px") is not None]
+    if pts:
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for r in pts:
+            ax.scatter(r["p50_ms"], r["accuracy"]["lmk_mean_px"], s=30)
+            ax.annotate(_label(r), (r["p50_ms"], r["accuracy"]["lmk_mean_px"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xlabel("encoder p50 ms (batch 1)")
+        ax.set_ylabel("landmark error vs fp32 (px at 224)")
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_title("Accuracy vs latency")
+        fig.tight_layout()
+        p = folder / PLOT_FILES["accuracy"]
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        out["accuracy"] = p
+    enc = [r for r in _encoder_points(rows) if r["stage"] == "encode"]
+    gpu = [r for r in rows if r.get("suite") == "gpu-encoder" and _ok(r)]
+    if enc or gpu:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        series: OrderedDict = OrderedDict()
+        for r in enc:
+            series.setdefault(_label(r), []).append((r["batch"], r.get("items_per_s")))
+        for r in gpu:
+            series.setdefault(f"GPU {r.get('engine')} {r.get('precision')} {r.get('layout', '')}", []).append(
+                (r["batch"], r.get("items_per_s")))
+        for k, v in series.items():
+            v = sorted(x for x in v if x[1])
+            if v:
+                ax.plot([a for a, _ in v], [b for _, b in v], marker="o", label=k)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch")
+        ax.set_ylabel("faces/s (encoder)")
+        ax.set_title("Encoder throughput")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        p = folder / PLOT_FILES["throughput"]
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        out["throughput"] = p
+    return out
+
+
+def write_outputs(rows: Sequence[dict], out: str | os.PathLike, plots: bool = True) -> dict[str, Path]:
+    """``results.json``, ``results.csv``, ``results.md`` and ``plots/*.png`` in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "results.md"}
+    paths["json"].write_text(json.dumps(list(rows), indent=1, default=str), encoding="utf-8")
+    write_csv(rows, paths["csv"])
+    pngs = write_plots(rows, out / "plots") if plots else {}
+    paths.update({f"plot_{k}": v for k, v in pngs.items()})
+    rel = {k: os.path.relpath(v, out) for k, v in pngs.items()} if plots else None
+    paths["md"].write_text(markdown(rows, rel), encoding="utf-8")
+    return paths
+
+
+# -------------------------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m smirk_edge.benchmarks.report",
+                                description="Merge benchmark result files into one Markdown report (and CSV).")
+    p.add_argument("results", nargs="+", help="results.json files (CPU and/or GPU)")
+    p.add_argument("-o", "--output", required=True, help="Markdown file to write (e.g. docs/benchmarks.md)")
+    p.add_argument("--plots-dir", default=None, help="where the PNGs go (default: <output folder>/images)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--csv", default=None, help="also write the merged rows as CSV here")
+    p.add_argument("--title", default="smirk-edge benchmarks")
+    args = p.parse_args(argv)
+    rows = load_rows(args.results)
+    md = Path(args.output)
+    md.parent.mkdir(parents=True, exist_ok=True)
+    plots = None
+    if not args.no_plots:
+        folder = Path(args.plots_dir) if args.plots_dir else md.parent / "images"
+        pngs = write_plots(rows, folder)
+        plots = {k: os.path.relpath(v, md.parent) for k, v in pngs.items()}
+    md.write_text(markdown(rows, plots, args.title, args.results), encoding="utf-8")
+    if args.csv:
+        write_csv(rows, args.csv)
+    print(summary_line(rows))
+    print(f"wrote {md}" + (f" and {len(plots)} plot(s)" if plots else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

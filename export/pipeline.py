@@ -1,0 +1,377 @@
+"""``smirk-edge export``: checkpoint + face model + photos -> a gated model bundle.
+
+Steps (:func:`export_bundle`):
+
+1. read the checkpoint (official key layout) and build the encoder; load the face model;
+2. make real face crops from the ``calib`` folder with the SDK's own preprocessing
+   (:func:`~smirk_edge.export.calibration.collect_crops`), split into held-back crops for the
+   accuracy gate (first ``gate_count``) and calibration crops (the rest; disjoint);
+3. fp32 torch outputs of the held-back crops: the reference;
+4. build each requested artifact (ONNX fp32/fp16/int8, the TensorRT-ready int8 QDQ ONNX,
+   OpenVINO IR fp32/fp16/int8, fused graphs), timing each step;
+5. gate every artifact against the reference (:mod:`.gate`); a failing one is not written unless
+   ``allow_degraded`` (then written with ``attrs["degraded"] = true``);
+6. write ``face_model.npz``, the BlazeFace detector models (when shipped), ``golden.npz``
+   (the first ``golden_count`` held-back crops and their reference outputs), ``MODEL_CARD.md``
+   and the manifest.
+
+Raises :class:`~smirk_edge.export.gate.GateError` after writing the passing artifacts when any
+artifact failed the gate (and ``allow_degraded`` is off).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smirk_edge._version import __version__
+from smirk_edge.bundle import Bundle, BundleWriter
+from smirk_edge.errors import FaceModelError, InputError
+from smirk_edge.face_model import FaceModel
+
+from .calibration import MIN_CALIBRATION_CROPS, CropSet, collect_crops
+from .gate import DEFAULT_THRESHOLDS, Comparator, GateError, GateResult, Thresholds, format_table
+from .golden import DEFAULT_GOLDEN_COUNT, GOLDEN_FILE, write_golden
+from .metadata import model_metadata
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "openvino", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+MIN_GATE_CROPS = 200
+
+
+@dataclass
+class ExportOptions:
+    """What to export. Paths may be str or Path.
+
+    Attributes:
+        checkpoint: SMIRK checkpoint in the official key layout.
+        output: bundle folder to write (created; an existing manifest is replaced).
+        face_model: face-model ``.npz`` (default: the shipped stand-in).
+        formats: ``onnx``, ``openvino``, and ``tensorrt`` (the TensorRT-ready symmetric int8 QDQ
+            ONNX that ``build-engine --precision int8`` needs; fp16 engines build from the fp32 ONNX).
+        precisions: ``fp32``, ``fp16``, ``int8``.
+        calib: folder of face photos for calibration and the gate (required unless ``crops``).
+        crops: ready-made crops instead of ``calib`` (tests, custom detectors).
+        fused: also write encoder + face-model graphs (ONNX) with vertices and landmarks outputs.
+        allow_degraded: write artifacts that fail the gate, marked ``degraded``.
+        gate_count: held-back crops for the gate (at least ``min_gate_count``).
+        calib_count: at most this many calibration crops (warns under 300).
+        golden_count: crops stored in ``golden.npz``.
+        thresholds: per-precision gate bounds (default :data:`~smirk_edge.export.gate.DEFAULT_THRESHOLDS`).
+        report_dir: where the comparator saves outputs and reports (None: not saved).
+        int8_exclude_op_types: op types the ONNX Runtime int8 model keeps in float.
+        progress: progress bars.
+    """
+
+    checkpoint: str | os.PathLike
+    output: str | os.PathLike
+    face_model: str | os.PathLike | None = None
+    formats: Sequence[str] = ("onnx", "openvino")
+    precisions: Sequence[str] = PRECISIONS
+    calib: str | os.PathLike | None = None
+    crops: CropSet | None = None
+    fused: bool = False
+    allow_degraded: bool = False
+    gate_count: int = MIN_GATE_CROPS
+    min_gate_count: int = MIN_GATE_CROPS
+    calib_count: int = 500
+    golden_count: int = DEFAULT_GOLDEN_COUNT
+    crop_scale: float | None = None
+    thresholds: Mapping[str, Thresholds] | None = None
+    report_dir: str | os.PathLike | None = None
+    int8_exclude_op_types: Sequence[str] = ()
+    progress: bool = True
+
+    def validate(self) -> None:
+        from smirk_edge.runtimes.base import check_choice
+
+        for f in self.formats:
+            check_choice("format", f, list(FORMATS))
+        for p in self.precisions:
+            check_choice("precision", p, list(PRECISIONS))
+        if not self.formats or not self.precisions:
+            raise InputError("nothing to export: give at least one format and one precision")
+        if self.calib is None and self.crops is None:
+            raise InputError("--calib DIR is required: a folder of face photos for int8 calibration and the "
+                             "accuracy gate (never random tensors)")
+        if self.gate_count < 1 or self.golden_count < 1:
+            raise InputError("gate_count and golden_count must be >= 1")
+        if self.golden_count > self.gate_count:
+            raise InputError(f"golden_count ({self.golden_count}) cannot exceed gate_count ({self.gate_count})")
+
+
+@dataclass
+class Built:
+    """An artifact built in the staging folder, before the gate."""
+
+    name: str
+    kind: str
+    role: str
+    precision: str
+    files: list[Path]
+    engine: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_bundle` did: the bundle, gate rows, timings (seconds) and crop sets."""
+
+    bundle: Bundle
+    results: list[GateResult]
+    timings: dict[str, float]
+    held_back: dict[str, Any]
+    calibration: dict[str, Any]
+    written: list[str]
+    rejected: list[str]
+
+    def table(self) -> str:
+        return format_table(self.results)
+
+
+def _variant(ckpt: Any, encoder: Any) -> str:
+    from smirk_edge.training.encoder import EncoderConfig
+
+    if "encoder_variant" in ckpt.meta:
+        return str(ckpt.meta["encoder_variant"])
+    cfg = getattr(encoder, "config", None)
+    return "full" if cfg == EncoderConfig.full() else ("tiny" if cfg == EncoderConfig.tiny() else "custom")
+
+
+def torch_outputs(encoder: Any, x: np.ndarray, batch: int = 32) -> dict[str, np.ndarray]:
+    """fp32 torch outputs of ``encoder`` for ``x (N, 3, 224, 224)``: the gate's reference."""
+    import torch
+
+    parts: dict[str, list[np.ndarray]] = {}
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            out = encoder(torch.from_numpy(np.ascontiguousarray(x[i:i + batch])))
+            for k, v in out.items():
+                parts.setdefault(k, []).append(v.float().numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _timed(timings: dict[str, float], key: str, fn: Callable[[], Any]) -> Any:
+    start = time.perf_counter()
+    out = fn()
+    timings[key] = round(time.perf_counter() - start, 3)
+    return out
+
+
+def export_bundle(opts: ExportOptions) -> ExportReport:
+    """Run the whole export (see the module docstring). Returns the report; raises GateError on failures."""
+    opts.validate()
+    from smirk_edge.runtimes.registry import make_runner
+    from smirk_edge.training.checkpoint import build_encoder, read_checkpoint
+    from smirk_edge.training.face_model import FaceModelLayer
+
+    from . import onnx_export, openvino_export, quantize
+    from .calibration import warn_if_small
+
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    ckpt = read_checkpoint(opts.checkpoint)
+    encoder = build_encoder(ckpt).eval()
+    variant = _variant(ckpt, encoder)
+    if opts.face_model is None:
+        from smirk_edge.face_model import standin_path
+
+        fm_path = standin_path()
+        if not fm_path.is_file():
+            raise FaceModelError(f"the shipped stand-in face model is missing ({fm_path}); pass --face-model FILE")
+    else:
+        fm_path = Path(opts.face_model)
+    face_model = FaceModel.load(fm_path)
+
+    # ---- crops: held back for the gate, the rest for calibration --------------------------------
+    need_calib = "int8" in opts.precisions
+    if opts.crops is not None:
+        crops = opts.crops
+    else:
+        limit = opts.gate_count + (opts.calib_count if need_calib else 0)
+        crops = _timed(timings, "crops", lambda: collect_crops(opts.calib, limit=limit, progress=opts.progress,
+                                                               scale=opts.crop_scale or 1.4))
+    held, calib = crops.split(opts.gate_count)
+    calib = calib.subset(slice(0, opts.calib_count))
+    if len(held) < opts.min_gate_count:
+        raise InputError(f"only {len(held)} held-back crops for the accuracy gate (need {opts.min_gate_count}); "
+                         f"point --calib at a folder with more face photos")
+    if need_calib:
+        if len(calib) == 0:
+            raise InputError(f"no calibration crops left after holding back {len(held)} for the gate; "
+                             "add photos or lower the gate count")
+        warn_if_small(len(calib), MIN_CALIBRATION_CROPS)
+
+    thresholds = dict(DEFAULT_THRESHOLDS)
+    thresholds.update(opts.thresholds or {})
+    metadata = model_metadata(
+        encoder_variant=variant, checkpoint_sha256=ckpt.sha256, face_model_id=face_model.model_id,
+        face_model_vertices=face_model.n_vertices, opset=onnx_export.OPSET, crop_scale=crops.scale,
+        extra={"gate_thresholds": {p: t.to_json() for p, t in thresholds.items()}})
+
+    x_held = held.tensor()
+    reference = _timed(timings, "reference", lambda: torch_outputs(encoder, x_held))
+
+    out = Path(opts.output)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    built: list[Built] = []
+    try:
+        # ---- build ---------------------------------------------------------------------------
+        fp32 = onnx_export.export_encoder(encoder, stage / "encoder.onnx", metadata)
+        onnx_files: dict[str, tuple[Path, dict]] = {"fp32": (fp32.path, {"seconds": {"export": round(fp32.seconds, 3)},
+                                                                         "opset": onnx_export.OPSET,
+                                                                         "nodes": fp32.nodes})}
+        cal_feeds = calib.feeds(batch=1)
+        if "onnx" in opts.formats or opts.fused:
+            if "fp16" in opts.precisions:
+                r = quantize.to_fp16(fp32.path, stage / "encoder.fp16.onnx")
+                onnx_files["fp16"] = (r.path, {"seconds": {"export": round(fp32.seconds, 3), "quantize": round(r.seconds, 3)},
+                                               "opset": onnx_export.OPSET})
+            if "int8" in opts.precisions:
+                r = quantize.quantize_int8(fp32.path, stage / "encoder.int8.onnx", cal_feeds, flavour="x86",
+                                           exclude_op_types=opts.int8_exclude_op_types, progress=opts.progress,
+                                           calibration_count=len(calib))
+                onnx_files["int8"] = (r.path, {"seconds": {"export": round(fp32.seconds, 3), "quantize": round(r.seconds, 3)},
+                                               "opset": onnx_export.OPSET, "quantization": r.details})
+        if "onnx" in opts.formats:
+            for p, (path, attrs) in onnx_files.items():
+                if p in opts.precisions:
+                    built.append(Built(path.name, "onnx", "encoder", p, [path], "onnxruntime", dict(attrs)))
+        if "tensorrt" in opts.formats and "int8" in opts.precisions:
+            r = quantize.quantize_int8(fp32.path, stage / "encoder.int8-tensorrt.onnx", cal_feeds, flavour="tensorrt",
+                                       progress=opts.progress, calibration_count=len(calib))
+            built.append(Built(r.path.name, "onnx", "encoder", "int8", [r.path], "onnxruntime",
+                               {"seconds": {"export": round(fp32.seconds, 3), "quantize": round(r.seconds, 3)},
+                                "opset": onnx_export.OPSET, "quantization": r.details, "intended_engine": "tensorrt"}))
+        if opts.fused:
+            dec = onnx_export.export_decoder(FaceModelLayer(face_model.arrays, face_model.model_id), stage / "decoder.onnx")
+            for p, (path, attrs) in onnx_files.items():
+                if p not in opts.precisions:
+                    continue
+                name = "fused.onnx" if p == "fp32" else f"fused.{p}.onnx"
+                f = onnx_export.fuse(path, dec.path, stage / name, metadata, p)
+                secs = dict(attrs["seconds"])
+                secs["fuse"] = round(dec.seconds + f.seconds, 3)
+                built.append(Built(name, "onnx", "fused", p, [f.path], "onnxruntime",
+                                   {**attrs, "seconds": secs, "nodes": f.nodes}))
+        if "openvino" in opts.formats:
+            for p in opts.precisions:
+                stem = "encoder" if p == "fp32" else f"encoder.{p}"
+                r = openvino_export.to_ir(fp32.path, stage / f"{stem}.xml", p, metadata,
+                                          calibration=cal_feeds if p == "int8" else None,
+                                          calibration_count=len(calib) if p == "int8" else None)
+                secs = {"export": round(fp32.seconds, 3), "convert": round(r.seconds, 3)}
+                built.append(Built(r.xml.name, "openvino-ir", "encoder", p, r.files, "openvino",
+                                   {"seconds": secs, **({"quantization": r.details} if p == "int8" else {})}))
+
+        # ---- gate ------------------------------------------------------------------------------
+        cmp = Comparator(x_held, face_model, opts.report_dir)
+        cmp.set_reference("torch-fp32", reference)
+        writer = BundleWriter(out, metadata, overwrite=True)
+        written, rejected = [], []
+        for b in built:
+            runner = make_runner(b.engine, b.files[0], precision=b.precision)
+            row = cmp.run(b.name, runner, b.precision, thresholds.get(b.precision), b.engine)
+            b.attrs["accuracy"] = {**{k: round(v, 6) for k, v in row.metrics.items()},
+                                   "crops": row.count, "engine": b.engine, "reference": "torch fp32",
+                                   "thresholds": row.thresholds.to_json(), "passed": row.passed}
+            if row.passed or opts.allow_degraded:
+                if not row.passed:
+                    row.degraded = True
+                    b.attrs["degraded"] = True
+                    b.attrs["failures"] = row.failures
+                writer.add(b.name, b.kind, b.role, b.files, b.precision, b.attrs, move=True)
+                written.append(b.name)
+            else:
+                rejected.append(b.name)
+        cmp.save()
+
+        # ---- companions --------------------------------------------------------------------------
+        fm_dst = stage / "face_model.npz"
+        shutil.copyfile(fm_path, fm_dst)
+        writer.add("face_model", "face-model", "face_model", fm_dst,
+                   attrs={"model_id": face_model.model_id, "vertices": face_model.n_vertices}, move=True)
+        for det in _detector_models():
+            writer.add(det.name, "onnx", "detector", det, "fp32", attrs={"variant": det.stem.split("_", 1)[-1],
+                                                                           "model": "BlazeFace"})
+        n_gold = min(opts.golden_count, len(held))
+        golden = write_golden(stage / GOLDEN_FILE, held.crops[:n_gold], {k: v[:n_gold] for k, v in reference.items()},
+                              {"reference": "torch fp32", "sources": held.sources[:n_gold], "root": held.root,
+                               "method": held.method, "scale": held.scale, "sdk_version": __version__})
+        writer.add("golden", "golden", "golden", golden, attrs={"crops": n_gold}, move=True)
+        timings["total"] = round(time.perf_counter() - t_all, 3)
+        card = stage / "MODEL_CARD.md"
+        card.write_text(model_card(ckpt, variant, face_model, held, calib, cmp.results, built, timings),
+                        encoding="utf-8")
+        writer.add("model_card", "model-card", "model_card", card, move=True)
+        writer.metadata["export"] = {"held_back": held.describe(), "calibration": calib.describe(),
+                                     "timings": timings, "rejected": rejected}
+        bundle = writer.write()
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    report = ExportReport(bundle, cmp.results, timings, held.describe(), calib.describe(), written, rejected)
+    if rejected:
+        raise GateError(f"{len(rejected)} artifact(s) failed the accuracy gate and were not written "
+                        f"({', '.join(rejected)}); rerun with --allow-degraded to keep them marked degraded.\n"
+                        + report.table(), cmp.results)
+    return report
+
+
+def _detector_models() -> list[Path]:
+    try:
+        from importlib import resources
+
+        root = Path(str(resources.files("smirk_edge.assets")))
+    except (ModuleNotFoundError, TypeError):
+        return []
+    return sorted(root.glob("blazeface_*.onnx"))
+
+
+def model_card(ckpt: Any, variant: str, face_model: FaceModel, held: CropSet, calib: CropSet,
+               results: Sequence[GateResult], built: Sequence[Built], timings: Mapping[str, float]) -> str:
+    """MODEL_CARD.md: provenance, data and its terms, accuracy per artifact, export times."""
+    meta = ckpt.meta or {}
+    lines = [
+        "# SMIRK encoder: model card", "",
+        f"Exported by smirk-edge {__version__}.", "",
+        "## Provenance", "",
+        f"- Source checkpoint sha256: `{ckpt.sha256}` (official SMIRK key layout), encoder variant `{variant}`.",
+        f"- Training: {meta.get('training', 'not recorded in the checkpoint; fill in who trained it, on what')}.",
+        f"- Training data and its terms: {meta.get('training_data', 'not recorded in the checkpoint; fill in')}.",
+        f"- Face model: `{face_model.model_id}`, {face_model.n_vertices} vertices. "
+        + (f"Notice: {face_model.notice}" if face_model.notice else ""),
+        "",
+        "## Calibration and accuracy data", "",
+        f"- Held-back crops for the gate: {len(held)} from `{held.root}` (faces found by: {held.method}, "
+        f"crop scale {held.scale}).",
+        f"- Calibration crops (int8): {len(calib)} from the same folder, disjoint from the held-back ones.",
+        "- Crops come from the SDK's own preprocessing (smirk_edge.crop). The photos' own terms apply to "
+        "anything derived from them.",
+        "",
+        "## Accuracy against fp32 torch", "",
+        "Landmark error: 68 + 105 landmarks decoded with the bundle's face model, projected with each "
+        "artifact's own camera, pixels of the 224 x 224 crop. Vertex error in millimetres (model frame).",
+        "", format_table(results), "",
+        "## Export times (seconds, this workstation)", "",
+        "| artifact | steps |", "|---|---|",
+    ]
+    for b in built:
+        secs = b.attrs.get("seconds", {})
+        lines.append(f"| {b.name} | " + ", ".join(f"{k} {v:.2f}" for k, v in secs.items()) + " |")
+    lines += ["", "Whole export: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + ".", "",
+              "## Runtime", "",
+              "No latency is claimed here: measure on the target with `smirk-edge bench`, and check the "
+              "target's engine against this export with `smirk-edge selftest`.", ""]
+    return "\n".join(lines)

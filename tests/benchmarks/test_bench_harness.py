@@ -1,0 +1,175 @@
+"""The benchmark harness writes every output with the expected structure (not timings).
+
+A tiny random-weight bundle (tests/factories.make_tiny_bundle), ONNX Runtime, one thread, a few
+runs: the harness starts one process per configuration, collects rows and writes JSON, CSV,
+Markdown and plots. Report-writer and warp checks run on generated rows / arrays.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from smirk_edge._lazy import available
+from smirk_edge.benchmarks import report
+from smirk_edge.benchmarks.stats import ROW_FIELDS, STAT_KEYS, stage_table, summarize
+
+needs_torch = pytest.mark.skipif(not (available("torch") and available("timm") and available("onnx")),
+                                 reason="needs torch + timm + onnx (pip install \"smirk-edge[export]\")")
+needs_ort = pytest.mark.skipif(not available("onnxruntime"), reason="needs onnxruntime")
+
+
+def _smooth_image(h: int, w: int) -> np.ndarray:
+    """A smooth uint8 image (OpenCV's warp quantises coordinates to 1/32 px: compare on smooth content)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    img = np.stack([127 + 100 * np.sin(xx / 9.0), 127 + 100 * np.cos(yy / 7.0), (xx + yy) % 255], -1)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_summarize_and_stage_table():
+    s = summarize([1.0, 2.0, 3.0, 4.0])
+    assert set(s) == set(STAT_KEYS)
+    assert s["min_ms"] == 1.0 and s["max_ms"] == 4.0 and s["p50_ms"] == 2.5 and s["mean_ms"] == 2.5
+    t = stage_table([{"detect": 2.0, "total": 5.0}, {"total": 3.0}])
+    assert t["detect"]["mean_ms"] == 1.0  # missing in one run counts 0 ms (amortised)
+    assert "encode" not in t
+
+
+def test_warp_float64_matches_opencv():
+    import cv2
+
+    from smirk_edge.benchmarks.reference import warp_float64
+    from smirk_edge.crop import crop_from_box
+
+    img = _smooth_image(120, 160)
+    tr = crop_from_box(np.array([30.0, 20.0, 110.0, 100.0]), 1.4, 64)
+    ours = warp_float64(img, tr.inverse_matrix, 64) * 255.0
+    ref = cv2.warpAffine(img.astype(np.float64), tr.matrix, (64, 64), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    assert np.abs(ours - ref)[2:-2, 2:-2].max() < 1.0
+
+
+@needs_torch
+def test_gpu_crop_theta_matches_opencv():
+    import cv2
+    import torch
+    import torch.nn.functional as F
+
+    from smirk_edge.benchmarks.gpu import theta_from_crop_matrix
+    from smirk_edge.crop import crop_from_box
+
+    img = _smooth_image(90, 140)
+    tr = crop_from_box(np.array([40.0, 10.0, 100.0, 80.0]), 1.4, 48)
+    theta = torch.from_numpy(theta_from_crop_matrix(tr.matrix, 140, 90, 48)[None].astype(np.float32))
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+    grid = F.affine_grid(theta, [1, 3, 48, 48], align_corners=True)
+    got = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0].permute(1, 2, 0)
+    ref = cv2.warpAffine(img.astype(np.float32), tr.matrix, (48, 48), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    assert np.abs(got.numpy() - ref)[1:-1, 1:-1].max() < 1.0
+
+
+def _fake_rows() -> list[dict]:
+    machine = {"cpu": {"model": "Test CPU", "logical_cores": 2, "usable_cores": 2, "arch": "x86_64", "flags": []},
+               "gpus": [], "python": "3.11", "platform": "Linux", "smirk_edge": "0"}
+    base = {"run_id": "r1", "machine": machine, "versions": {"onnxruntime": "1"}, "threads": 2, "batch": 1,
+            "input": "720p", "model": {"encoder_variant": "full", "weights": "random"}}
+    rows = []
+    for suite, engine, prec, mode in (("pipeline", "onnxruntime", "int8", "image"),
+                                      ("pipeline", "onnxruntime", "int8", "video"),
+                                      ("reference", "torch", "fp32", "image")):
+        for stage, ms in (("detect", 1.0), ("crop", 0.2), ("encode", 2.0), ("decode", 0.3), ("total", 3.5)):
+            rows.append({**base, "suite": suite, "engine": engine, "precision": prec, "mode": mode, "stage": stage,
+                         "config": f"{suite}/{engine}/{prec}/{mode}", "runs": 100, "warmup": 10,
+                         **summarize([ms * (10 if suite == "reference" else 1)] * 3)})
+    for b in (1, 8):
+        rows.append({**base, "suite": "encoder", "engine": "onnxruntime", "precision": "int8", "batch": b,
+                     "stage": "encode", "config": "encoder/onnxruntime/int8/t2", "runs": 100, "warmup": 10,
+                     "accuracy": {"lmk_mean_px": 0.3, "lmk_p99_px": 1.0, "passed": True}, "artifact_bytes": 4_000_000,
+                     "items_per_s": b * 1000.0, **summarize([1.0 * b])})
+    return rows
+
+
+def test_report_outputs_from_rows(tmp_path):
+    rows = _fake_rows()
+    gpu = [{"run_id": "g1", "suite": "gpu-encoder", "engine": "cudagraph", "precision": "fp16",
+            "layout": "channels_last", "batch": 1, "stage": "encode", "runs": 50, **summarize([1.5, 1.4]),
+            "items_per_s": 700.0, "machine": {"cpu": {"model": "Host"}, "gpus": [{"name": "H100"}]}}]
+    paths = report.write_outputs(rows, tmp_path / "out", plots=False)
+    data = json.loads(paths["json"].read_text())
+    assert isinstance(data, list) and len(data) == len(rows)
+    with open(paths["csv"], newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        body = list(reader)
+    assert header[:len(ROW_FIELDS)] == list(ROW_FIELDS)
+    assert "accuracy.lmk_mean_px" in header and "machine.cpu.model" in header
+    assert len(body) == len(rows)
+    md = paths["md"].read_text()
+    for heading in ("## Targets", "## Where the time goes", "## Speedup over the reference path",
+                    "## Encoder throughput", "## Accuracy beside latency", "## Machine"):
+        assert heading in md
+    assert "| configuration | detect | crop | encode | decode |" in md
+    line = report.summary_line(rows)
+    assert "720p image e2e 3.50 ms" in line and "speedup x10.0" in line
+    # merging a CPU and a GPU file into one report
+    (tmp_path / "gpu.json").write_text(json.dumps(gpu))
+    assert report.main([str(paths["json"]), str(tmp_path / "gpu.json"), "-o", str(tmp_path / "doc" / "b.md"),
+                        "--no-plots"]) == 0
+    merged = (tmp_path / "doc" / "b.md").read_text()
+    assert "## GPU" in merged and "### Encoder" in merged and "H100" in merged
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    from factories import make_tiny_bundle
+
+    bundle, _ = make_tiny_bundle(tmp_path_factory.mktemp("bench") / "tiny")
+    return bundle.root
+
+
+@needs_torch
+@needs_ort
+def test_harness_writes_every_output(tiny_bundle, tmp_path):
+    from smirk_edge.benchmarks.harness import BenchOptions, run_bench
+
+    out = tmp_path / "bench"
+    rows, paths = run_bench(BenchOptions(out=out, bundle=tiny_bundle, backends=["onnxruntime"], threads=[1],
+                                         batches=[1, 2], runs=3, warmup=1, modes=["image", "video"], quiet=True,
+                                         budget_s=5, hotpath=False))
+    errors = [r for r in rows if r.get("stage") == "error"]
+    assert not errors, errors
+    for name in ("json", "csv", "md"):
+        assert paths[name].is_file()
+    data = json.loads((out / "results.json").read_text())
+    assert isinstance(data, list) and len(data) == len(rows)
+    for r in data:
+        assert set(ROW_FIELDS) <= set(r), sorted(set(ROW_FIELDS) - set(r))
+        assert {"versions", "machine", "model"} <= set(r)
+        assert r["versions"]["onnxruntime"]
+        if r["stage"] not in ("open", "first_call"):
+            assert r["runs"] >= 1 and all(np.isfinite(r[k]) for k in STAT_KEYS)
+    suites = {r["suite"] for r in data}
+    assert {"pipeline", "encoder", "reference"} <= suites
+    image = {r["stage"] for r in data if r["suite"] == "pipeline" and r["mode"] == "image"}
+    assert {"decode_image", "detect", "crop", "encode", "decode", "project", "total", "open", "first_call"} <= image
+    video = {r["stage"] for r in data if r["suite"] == "pipeline" and r["mode"] == "video"}
+    assert {"crop", "encode", "smooth", "total"} <= video
+    enc = [r for r in data if r["suite"] == "encoder" and r["stage"] in ("encode", "encode+decode")]
+    assert sorted({r["batch"] for r in enc}) == [1, 2] and all(r["items_per_s"] > 0 for r in enc)
+    assert all(r["peak_rss_mb"] > 0 for r in data if r["suite"] in ("pipeline", "encoder", "reference"))
+    ref = {r["stage"] for r in data if r["suite"] == "reference"}
+    assert {"detect", "crop", "encode", "decode", "project", "total"} <= ref
+    with open(paths["csv"], newline="") as f:
+        header = next(csv.reader(f))
+    assert header[:len(ROW_FIELDS)] == list(ROW_FIELDS)
+    md = paths["md"].read_text()
+    assert "## Where the time goes" in md and "## Speedup over the reference path" in md
+    assert "| onnxruntime fp32 1t image |" in md
+    if available("matplotlib"):
+        assert (out / "plots" / report.PLOT_FILES["stages"]).is_file()
+    else:
+        assert "Plots skipped" in md
