@@ -29,6 +29,8 @@ Works from a checkpoint (torch) or, for ``landmarks`` and ``probe``, from a bund
 
 from __future__ import annotations
 
+import copy
+
 import json
 import math
 import os
@@ -287,7 +289,9 @@ def evaluate_synthetic(predictor: TorchPredictor, n: int = 256, seed: int = 0, o
 
     S = predictor.size
     sf = SyntheticFaces(None, S, "cpu")
-    sf.layer = predictor.face.to("cpu") if predictor.face.n_vertices == sf.layer.n_vertices else sf.layer
+    if predictor.face.n_vertices == sf.layer.n_vertices:  # render with the predictor's own face model,
+        sf.layer = copy.deepcopy(predictor.face).to("cpu")  # a copy: .to() would move the predictor's
+
     g = torch.Generator().manual_seed(seed)
     res: dict = {}
     b = sf.batch(n, g)
