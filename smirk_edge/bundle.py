@@ -146,6 +146,7 @@ class Bundle:
         if len(set(names)) != len(names):
             raise BundleError(f"{mpath}: artifact names must be unique")
         self._verified: set[str] = set()
+        self._onnx_checked: set[str] = set()
 
     def __repr__(self) -> str:
         return f"Bundle({str(self.root)!r}, artifacts={[a.name for a in self.artifacts]})"
@@ -182,10 +183,28 @@ class Bundle:
         return path
 
     def main_path(self, artifact: Artifact, verify: bool = True) -> Path:
-        """Main file path, verifying every file of the artifact (e.g. the .bin beside an .xml)."""
+        """Main file path, verifying every file of the artifact (e.g. the .bin beside an .xml).
+
+        ONNX files are also checked for external data: every location must be a plain file name
+        listed (and so hashed) in the same artifact; anything else is refused.
+        """
         for i in range(1, len(artifact.files)):
             self.file_path(artifact, i, verify)
-        return self.file_path(artifact, 0, verify)
+        path = self.file_path(artifact, 0, verify)
+        if artifact.kind == "onnx" and (verify or artifact.name not in self._onnx_checked):
+            self._check_external_data(artifact, path)
+        return path
+
+    def _check_external_data(self, artifact: Artifact, path: Path) -> None:
+        from .onnx_guard import external_data_locations
+
+        listed = {f.path for f in artifact.files[1:]}
+        for loc in external_data_locations(path.read_bytes()):
+            if loc not in listed:
+                raise BundleError(
+                    f"artifact {artifact.name}: {artifact.path} refers to external data {loc!r}, which is not a file "
+                    "listed in its manifest entry; external data must be a plain file name in the bundle (refused)")
+        self._onnx_checked.add(artifact.name)
 
     def verify_all(self) -> None:
         for a in self.artifacts:

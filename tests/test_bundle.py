@@ -7,12 +7,15 @@ import pytest
 from smirk_edge.bundle import MANIFEST, Bundle, BundleWriter, sha256_file
 from smirk_edge.errors import BundleError
 
+# a valid protobuf (1,000 bytes of ModelProto.ir_version fields) standing in for an ONNX model
+ONNX_LIKE = b"\x08\x07" * 500
+
 
 @pytest.fixture()
 def bundle_dir(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    (src / "encoder.onnx").write_bytes(b"onnx-bytes" * 100)
+    (src / "encoder.onnx").write_bytes(ONNX_LIKE)
     (src / "encoder.xml").write_text("<xml/>")
     (src / "encoder.bin").write_bytes(b"\x01" * 64)
     w = BundleWriter(tmp_path / "b", metadata={"input_size": 224})
@@ -66,7 +69,7 @@ def test_path_traversal_is_refused(bundle_dir, bad_path):
 
 def test_symlink_outside_is_refused(bundle_dir, tmp_path):
     outside = tmp_path / "secret.onnx"
-    outside.write_bytes(b"onnx-bytes" * 100)
+    outside.write_bytes(ONNX_LIKE)
     (bundle_dir / "encoder.onnx").unlink()
     (bundle_dir / "encoder.onnx").symlink_to(outside)
     b = Bundle(bundle_dir)
@@ -99,3 +102,67 @@ def test_not_a_bundle(tmp_path):
     (tmp_path / MANIFEST).write_text("{not json")
     with pytest.raises(BundleError, match="not valid JSON"):
         Bundle(tmp_path)
+
+
+def _onnx_with_external(tmp_path, location):
+    onnx = pytest.importorskip("onnx", reason="needs onnx to write a test model")
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0])
+    if location is not None:
+        w.ClearField("float_data")
+        w.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", location), ("offset", "0"), ("length", "8")):
+            e = w.external_data.add()
+            e.key, e.value = k, v
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    sub = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    model = helper.make_model(sub)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("location, listed, ok", [
+    (None, False, True),                 # weights inside the file
+    ("weights.bin", True, True),         # external data listed (and hashed) in the artifact
+    ("weights.bin", False, False),       # external data not in the manifest
+    ("../../etc/passwd", False, False),  # outside the bundle
+    ("/etc/passwd", False, False),
+])
+def test_onnx_external_data_must_stay_in_the_artifact(tmp_path, location, listed, ok):
+    src = tmp_path / "src"
+    src.mkdir()
+    model = _onnx_with_external(src, location)
+    (src / "weights.bin").write_bytes(b"\x00" * 8)
+    files = [model, src / "weights.bin"] if listed else [model]
+    w = BundleWriter(tmp_path / "b")
+    w.add("enc", "onnx", "encoder", files, precision="fp32")
+    b = w.write()
+    if ok:
+        assert b.main_path(b.get("enc")).name == "model.onnx"
+    else:
+        with pytest.raises(BundleError, match="external data"):
+            b.main_path(b.get("enc"))
+
+
+def test_onnx_guard_finds_locations_in_subgraphs_and_rejects_garbage():
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from smirk_edge.onnx_guard import external_data_locations
+
+    t = helper.make_tensor("c", TensorProto.FLOAT, [1], [0.0])
+    t.data_location = TensorProto.EXTERNAL
+    e = t.external_data.add()
+    e.key, e.value = "location", "../x.bin"
+    inner = helper.make_graph([helper.make_node("Constant", [], ["c"], value=t)], "inner", [],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1])])
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    out = helper.make_tensor_value_info("o", TensorProto.FLOAT, [1])
+    node = helper.make_node("If", ["cond"], ["o"], then_branch=inner, else_branch=inner)
+    model = helper.make_model(helper.make_graph([node], "g", [cond], [out]))
+    assert external_data_locations(model.SerializeToString()) == ["../x.bin", "../x.bin"]
+    with pytest.raises(BundleError):
+        external_data_locations(b"\x3a\xff\xff\xff\xff\x0f")  # graph field claiming 4 GB
