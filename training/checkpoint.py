@@ -9,7 +9,6 @@ variant, training step, config), which the official code ignores too. Files are 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from smirk_edge.bundle import sha256_file as file_sha256
 from smirk_edge.errors import CheckpointError
 
 from .encoder import EncoderConfig, SmirkEncoder
@@ -37,14 +37,6 @@ class Checkpoint:
     meta: dict = field(default_factory=dict)
     sha256: str = ""
     path: str = ""
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
