@@ -50,7 +50,8 @@ def as_bgr_uint8(image: object) -> np.ndarray:
     elif a.dtype == np.uint16:
         a = (a.astype(np.uint32) // 257).astype(np.uint8)
     elif a.dtype in (np.float16, np.float32, np.float64):
-        af = a.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            af = a.astype(np.float32)
         if not np.all(np.isfinite(af)):
             raise InputError("float image holds NaN or inf")
         a = np.clip(af * 255.0 + 0.5, 0, 255).astype(np.uint8)
