@@ -55,7 +55,13 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     with torch.no_grad():  # let pose and expression vary with the image (SMIRK's init keeps them near 0)
         enc.pose_encoder.pose_cam_layers[0].weight[:3].normal_(0, 0.05)
         enc.expression_encoder.expression_layers[0].weight.normal_(0, 0.2)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", enc)
+    path = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", enc)
+    # exactly the official SMIRK_em1.pt layout: a flat state dict, no smirk-edge metadata, a
+    # generator entry beside the encoder
+    state = {k: v for k, v in torch.load(path, weights_only=True).items() if k.startswith("smirk_encoder.")}
+    state["smirk_generator.encoder1.enc1conv1.weight"] = torch.zeros(32, 6, 3, 3)
+    torch.save(state, path)
+    return path
 
 
 @pytest.fixture(scope="session")

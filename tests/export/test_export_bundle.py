@@ -230,3 +230,30 @@ def test_fused_graph_matches_numpy_decoder(exported):
         assert out[k].shape == getattr(geo, k).shape
         assert np.all(np.isfinite(out[k]))
         np.testing.assert_allclose(out[k], getattr(geo, k), atol=1e-6)  # metres
+
+
+def test_official_layout_checkpoint_to_bundle_to_reconstructor(exported, tiny_checkpoint):
+    """A checkpoint in exactly SMIRK_em1.pt's layout goes through export into a bundle that the
+    Reconstructor runs on every exported precision."""
+    import numpy as np
+    import torch
+
+    from smirk_edge.reconstructor import Reconstructor
+
+    raw = torch.load(tiny_checkpoint, weights_only=True)
+    assert "smirk_edge_meta" not in raw and any(k.startswith("smirk_generator.") for k in raw)
+    _, root, _ = exported
+    frame = np.zeros((360, 480, 3), np.uint8)
+    from conftest import data_root
+
+    data = data_root()
+    if data is not None:
+        import cv2
+
+        frame = cv2.imread(str(sorted((data / "photos").glob("*.jpg"))[0]))
+    for precision in ("fp32", "fp16", "int8"):
+        with Reconstructor(root, backend="onnxruntime", precision=precision) as rec:
+            faces = rec(frame)
+            assert rec.encoder.precision == precision
+            if data is not None:
+                assert faces and all(np.isfinite(f.vertices).all() for f in faces)

@@ -128,7 +128,8 @@ def trt_bundle(tmp_path):
     root = tmp_path / "b"
     root.mkdir()
     for name in ("encoder.onnx", "encoder.int8.onnx", "encoder.int8-tensorrt.onnx"):
-        (tmp_path / name).write_bytes(b"onnx " + name.encode())
+        # a valid (empty-graph) ModelProto whose producer_name differs per file
+        (tmp_path / name).write_bytes(b"\x12" + bytes([len(name)]) + name.encode())
     w = BundleWriter(root, {"input": {"name": "image"}})
     w.add("encoder.onnx", "onnx", "encoder", tmp_path / "encoder.onnx", "fp32")
     w.add("encoder.int8.onnx", "onnx", "encoder", tmp_path / "encoder.int8.onnx", "int8")
