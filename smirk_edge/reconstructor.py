@@ -125,7 +125,19 @@ class Reconstructor:
         encoders = self.bundle.find(role="encoder")
         if not encoders:
             raise BundleError(f"bundle {self.bundle.root} has no encoder artifact")
-        records = [registry.Artifact(a.kind, a.precision, a.name) for a in encoders]
+        # artifacts made only for building TensorRT engines are never run directly; artifacts that
+        # failed the accuracy gate are used only when their precision is asked for explicitly
+        usable = [a for a in encoders if a.attrs.get("intended_engine") in (None, "any")]
+        if precision is None:
+            usable = [a for a in usable if not a.attrs.get("degraded")]
+        else:
+            for a in usable:
+                if a.precision == precision and a.attrs.get("degraded"):
+                    warnings.warn(f"{a.name} failed the bundle's accuracy gate (marked degraded) and is used "
+                                  f"because precision={precision!r} was asked for", RuntimeWarning, stacklevel=2)
+        if not usable:
+            raise BundleError(f"bundle {self.bundle.root} has no encoder artifact that passed the accuracy gate")
+        records = [registry.Artifact(a.kind, a.precision, a.name) for a in usable]
         selection = registry.select_engine(records, preferred=backend, precision=precision, device=device)
         self.selection = selection
 

@@ -192,3 +192,21 @@ def test_from_landmarks_uses_smirk_crop(rec, group_photo):
     faces = rec.from_landmarks(group_photo, [lm])
     expected = crop_from_box([100, 80, 160, 170], rec.crop_scale)
     np.testing.assert_allclose(faces[0].crop_matrix, expected.matrix)
+
+
+def test_degraded_and_tensorrt_only_artifacts_are_not_picked_automatically(tiny, tmp_path):
+    import shutil
+
+    from smirk_edge.bundle import BundleWriter
+
+    root = tmp_path / "b"
+    shutil.copytree(tiny[0].root, root)
+    w = BundleWriter(root)
+    w.artifacts["encoder.onnx"].attrs["degraded"] = True  # pretend fp32 ONNX failed the gate
+    w.artifacts["encoder-ir"].attrs["intended_engine"] = "tensorrt"
+    w.write()
+    with pytest.raises(BundleError, match="passed the accuracy gate"):
+        Reconstructor(root, backend="onnxruntime")
+    with pytest.warns(RuntimeWarning, match="degraded"):
+        rec = Reconstructor(root, backend="onnxruntime", precision="fp32")
+    rec.close()
