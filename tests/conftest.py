@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -12,15 +11,7 @@ TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))  # tests/factories.py
 
 
-def data_root() -> Path | None:
-    """``$SMIRK_EDGE_DATA`` or ``../shared/data`` beside the repository, if present."""
-    env = os.environ.get("SMIRK_EDGE_DATA")
-    candidates = [Path(env)] if env else []
-    candidates.append(TESTS.parent.parent / "shared" / "data")
-    for c in candidates:
-        if c.is_dir():
-            return c
-    return None
+from factories import data_root  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 from smirk_edge.face_model import format as fmt
+
+
+def data_root() -> Path | None:
+    """``$SMIRK_EDGE_DATA`` or ``../shared/data`` beside the repository, if present."""
+    env = os.environ.get("SMIRK_EDGE_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
+    return next((c for c in candidates if c.is_dir()), None)
 
 
 def grid_faces(nx: int, ny: int) -> np.ndarray:

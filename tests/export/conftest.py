@@ -19,15 +19,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip instal
 
 
 
-def data_root() -> Path | None:
-    """Same lookup as tests/conftest.py: $SMIRK_EDGE_DATA or ../shared/data beside the repository."""
-    import os
-
-    env = os.environ.get("SMIRK_EDGE_DATA")
-    for c in ([Path(env)] if env else []) + [Path(__file__).resolve().parents[3] / "shared" / "data"]:
-        if c.is_dir():
-            return c
-    return None
+from factories import data_root  # noqa: E402  (tests/ is on sys.path via tests/conftest.py)
 
 GATE_CROPS = 24
 CALIB_CROPS = 40

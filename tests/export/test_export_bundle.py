@@ -244,7 +244,7 @@ def test_official_layout_checkpoint_to_bundle_to_reconstructor(exported, tiny_ch
     assert "smirk_edge_meta" not in raw and any(k.startswith("smirk_generator.") for k in raw)
     _, root, _ = exported
     frame = np.zeros((360, 480, 3), np.uint8)
-    from conftest import data_root
+    from factories import data_root
 
     data = data_root()
     if data is not None:
