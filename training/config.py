@@ -112,7 +112,8 @@ class ModelConfig:
 class OptimConfig:
     """Adam. Stage 1: lr 2e-4. Stage 2: ``lr`` 1e-3 is the generator's, the expression encoder gets
     ``encoder_lr_factor * lr`` (0.25); generator betas (0.5, 0.999); generator gradient-norm clip 0.1.
-    ``schedule``: ``constant`` or ``cosine`` (to ``min_lr_factor * lr``, restarted each epoch)."""
+    ``schedule``: ``constant``, ``cosine`` (to ``min_lr_factor * lr``, restarted each epoch) or
+    ``cosine_run`` (one cosine over ``run.max_steps``); ``warmup_steps`` ramps the lr up linearly first."""
 
     lr: float = 2e-4
     encoder_lr_factor: float = 1.0
@@ -123,12 +124,18 @@ class OptimConfig:
     grad_clip_generator: float | None = None
     schedule: str = "constant"
     min_lr_factor: float = 0.01
+    warmup_steps: int = 0
 
 
 @dataclass
 class LossConfig:
     """Loss weights on top of the stage defaults (:class:`~smirk_edge.training.losses.LossWeights`),
-    the cycle's inner weights, the shape-supervision inner weights, and stage-2 masking constants."""
+    the cycle's inner weights, the shape-supervision inner weights, and stage-2 masking constants.
+
+    ``synthetic_batch`` > 0 renders that many faces of known parameters per step on the training
+    device (:class:`~smirk_edge.training.synthetic.SyntheticFaces`) and adds them to the encoder's
+    batch: their landmarks join the landmark terms and ``weights.synthetic`` scales the parameter
+    L1 (inner weights ``synthetic``: expression, jaw, eyelid, pose)."""
 
     weights: dict[str, float] = field(default_factory=dict)
     cycle: dict[str, float] = field(default_factory=dict)
@@ -138,6 +145,8 @@ class LossConfig:
     cycle_hole_rate: float = 0.005
     cycle_every: int = 1
     cycle_repeat: int = 1
+    synthetic: dict[str, float] = field(default_factory=dict)
+    synthetic_batch: int = 0
 
 
 @dataclass
@@ -199,8 +208,12 @@ class TrainConfig:
             (self.data.image_size >= 32 and self.data.image_size % 16 == 0,
              f"data.image_size must be a multiple of 16 and >= 32, got {self.data.image_size}"),
             (self.data.views in (1, 2), f"data.views must be 1 or 2, got {self.data.views}"),
-            (self.optim.schedule in ("constant", "cosine"), f"optim.schedule must be constant or cosine, "
-                                                             f"got {self.optim.schedule!r}"),
+            (self.optim.schedule in ("constant", "cosine", "cosine_run"),
+             "optim.schedule must be constant, cosine (restarted each epoch) or cosine_run (over run.max_steps), "
+             f"got {self.optim.schedule!r}"),
+            (self.optim.schedule != "cosine_run" or bool(self.run.max_steps),
+             "optim.schedule cosine_run needs run.max_steps"),
+            (self.loss.synthetic_batch >= 0, f"loss.synthetic_batch must be >= 0, got {self.loss.synthetic_batch}"),
             (self.optim.lr > 0, f"optim.lr must be > 0, got {self.optim.lr}"),
             (self.run.amp in ("auto", "bf16", "off"), f"run.amp must be auto, bf16 or off, got {self.run.amp!r}"),
             (self.run.batch_size >= 1, f"run.batch_size must be >= 1, got {self.run.batch_size}"),

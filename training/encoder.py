@@ -121,7 +121,11 @@ class ExpressionEncoder(nn.Module):
         p = self.expression_layers(_pooled_last(self.encoder, img))
         e = N_EXPRESSION
         jaw = torch.cat([F.relu(p[:, e + 2:e + 3]), torch.clamp(p[:, e + 3:e + 5], -0.2, 0.2)], dim=1)
-        return {"expression": p[:, :e], "eyelid": torch.clamp(p[:, e:e + 2], 0.0, 1.0), "jaw": jaw}
+        out = {"expression": p[:, :e], "eyelid": torch.clamp(p[:, e:e + 2], 0.0, 1.0), "jaw": jaw}
+        if self.training:  # pre-activation values: a supervised loss on them cannot get stuck in a clamp
+            out["eyelid_raw"] = p[:, e:e + 2]
+            out["jaw_raw"] = p[:, e + 2:e + 5]
+        return out
 
 
 class SmirkEncoder(nn.Module):
@@ -148,4 +152,5 @@ class SmirkEncoder(nn.Module):
         out = self.pose_encoder(image)
         out.update(self.shape_encoder(image))
         out.update(self.expression_encoder(image))
-        return {k: out[k] for k in OUTPUT_NAMES}
+        keys = OUTPUT_NAMES + (("eyelid_raw", "jaw_raw") if self.training else ())  # raw: training losses only
+        return {k: out[k] for k in keys if k in out}

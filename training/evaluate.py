@@ -41,6 +41,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from smirk_edge.crop import crop_from_box
+from smirk_edge.face_model import MEDIAPIPE_105_INDICES
 from smirk_edge.errors import InputError
 
 
@@ -268,7 +269,14 @@ def evaluate_landmarks(predictor, table, limit: int | None = None, chunk: int = 
     b68 = np.stack([t.to_image((place(m68) + 1) * 112) for t in ts])
     crop_px = np.array([t.scale for t in ts])  # crop pixels per image pixel
     err105 = np.linalg.norm(p105 - g105, axis=-1).mean(-1) * crop_px
+    by_source: dict = {}
+    names = [str(x) for x in table.names[:n]]
+    for src in sorted({x.split("/", 1)[0] for x in names if "/" in x}):
+        m = np.array([x.startswith(src + "/") for x in names])
+        by_source[src] = {"n": int(m.sum()), "nme105": float(nme105[m].mean()), "nme68": float(nme68[m].mean())}
     return {
+        "by_source": by_source,
+        "_per_image_nme105": nme105,
         "n": int(n),
         "nme105": float(nme105.mean()), "nme105_median": float(np.median(nme105)),
         "nme68": float(nme68.mean()), "nme68_median": float(np.median(nme68)),
@@ -285,7 +293,7 @@ def evaluate_synthetic(predictor: TorchPredictor, n: int = 256, seed: int = 0, o
 
     from smirk_edge.face_model import rodrigues
 
-    from .synthetic import STANDIN_LR_PAIRS, SyntheticFaces
+    from .synthetic import N_SEMANTIC, STANDIN_LR_PAIRS, SyntheticFaces
 
     S = predictor.size
     sf = SyntheticFaces(None, S, "cpu")
@@ -299,6 +307,11 @@ def evaluate_synthetic(predictor: TorchPredictor, n: int = 256, seed: int = 0, o
     gt = {k[3:]: v.numpy() for k, v in b.items() if k.startswith("gt_")}
     used = sf.n_expression_used
     res["expression_mae"] = float(np.abs(out["expression"][:, :used] - gt["expression"][:, :used]).mean())
+    # the named slots (the stand-in's 16 semantic ones, or FLAME's first 16 components) move the face
+    # by pixels; later data components by a fraction of one, so they are nearly invisible in a render
+    k = min(N_SEMANTIC, used)
+    res["expression_mae_semantic"] = float(np.abs(out["expression"][:, :k] - gt["expression"][:, :k]).mean())
+    res["expression_mae_zero_baseline"] = float(np.abs(gt["expression"][:, :used]).mean())
     res["jaw_mae"] = float(np.abs(out["jaw"] - gt["jaw"]).mean())
     res["eyelid_mae"] = float(np.abs(out["eyelid"] - gt["eyelid"]).mean())
     res["pose_deg"] = float(rotation_angle_deg(rodrigues(out["pose"]), rodrigues(gt["pose"])).mean())
@@ -331,7 +344,9 @@ def evaluate_synthetic(predictor: TorchPredictor, n: int = 256, seed: int = 0, o
     lids = predictor.encode(img.numpy())["eyelid"]
     wink_ok = np.where(wink.numpy() == 0, lids[:, 0] > lids[:, 1], lids[:, 1] > lids[:, 0])
     res["asymmetry"] = {"expression_lr_accuracy": float(ok.mean()), "per_pair": per_pair,
-                        "wink_lr_accuracy": float(wink_ok.mean()), "chance": 0.5, "n": int(one_sided_n)}
+                        "wink_lr_accuracy": float(wink_ok.mean()),
+                        "wink_ties": float((lids[:, 0] == lids[:, 1]).mean()),  # e.g. both eyelids clamped at 0
+                        "chance": 0.5, "n": int(one_sided_n)}
     return res
 
 
@@ -360,9 +375,9 @@ def probe_expressive(predictor, table, csv_path: str | os.PathLike, limit: int |
 
 
 def contact_sheet(predictor: TorchPredictor, images: Sequence[np.ndarray], landmarks478: Sequence[np.ndarray],
-                  path: str | os.PathLike, columns: int = 4, tile: int = 160) -> Path:
+                  path: str | os.PathLike, columns: int = 4, tile: int = 160, show_truth: bool = False) -> Path:
     """PNG grid: each face's crop and the crop with the reconstructed mesh (grey shading) and the
-    105 landmarks drawn over it."""
+    105 landmarks drawn over it (green); ``show_truth`` adds the annotated 105 points (red)."""
     import cv2
     import torch
 
@@ -382,6 +397,10 @@ def contact_sheet(predictor: TorchPredictor, images: Sequence[np.ndarray], landm
         m = ro.mask[i, 0].numpy()[..., None]
         shade = ro.image[i].numpy().transpose(1, 2, 0)[..., ::-1] * 255
         over = (over * (1 - 0.7 * m) + shade * 0.7 * m).astype(np.uint8)
+        if show_truth:
+            t = pr.params["transforms"][i]
+            for x, y in t.to_crop(np.asarray(landmarks478[i])[MEDIAPIPE_105_INDICES, :2]):
+                cv2.circle(over, (int(round(x)), int(round(y))), 1, (0, 0, 255), -1)
         for x, y in (pr.params["ndc105"][i] + 1) * (S / 2):
             cv2.circle(over, (int(round(x)), int(round(y))), 1, (0, 220, 0), -1)
         pair = np.concatenate([cv2.resize(bgr, (tile, tile)), cv2.resize(over, (tile, tile))], 1)
@@ -423,6 +442,7 @@ def evaluate(checkpoint: str | None = None, bundle: str | None = None, annotatio
         report["annotations"] = {"folder": str(annotations or shards), "faces": len(table), "split": split, "subset": subset}
         say(f"landmarks on {min(len(table), limit or len(table))} faces")
         report["landmarks"] = evaluate_landmarks(pred, table, limit, face_model_path=face_model)
+        per_image = report["landmarks"].pop("_per_image_nme105")
         if expressive_csv:
             say("linear probe on expressive faces")
             report["probe"] = probe_expressive(pred, full_table, expressive_csv)
@@ -432,6 +452,11 @@ def evaluate(checkpoint: str | None = None, bundle: str | None = None, annotatio
             report["contact_sheet"] = str(contact_sheet(pred, [table.read(int(i)) for i in pick],
                                                         [table.landmarks478[int(i)] for i in pick],
                                                         out / "contact_sheet.png"))
+            worst = np.argsort(-per_image)[:min(8, len(per_image))]
+            report["worst_cases"] = {"sheet": str(contact_sheet(
+                pred, [table.read(int(i)) for i in worst], [table.landmarks478[int(i)] for i in worst],
+                out / "worst_cases.png", show_truth=True)),
+                "faces": [{"name": str(table.names[int(i)]), "nme105": float(per_image[int(i)])} for i in worst]}
     if synthetic and isinstance(pred, TorchPredictor):
         say(f"synthetic recovery on {synthetic} faces")
         report["synthetic"] = evaluate_synthetic(pred, synthetic, one_sided_n=synthetic)

@@ -58,8 +58,16 @@ class FaceModelLayer(nn.Module):
         f32 = lambda k: torch.from_numpy(np.ascontiguousarray(a[k], dtype=np.float32))  # noqa: E731
         i64 = lambda k: torch.from_numpy(np.ascontiguousarray(a[k], dtype=np.int64))  # noqa: E731
         self.register_buffer("v_template", f32("v_template"))
-        blend = np.concatenate([a["shapedirs"], a["exprdirs"]], axis=2).reshape(V * 3, -1)
-        self.register_buffer("blend", torch.from_numpy(np.ascontiguousarray(blend.T)))  # (350, V*3)
+        blend = np.concatenate([a["shapedirs"], a["exprdirs"]], axis=2).reshape(V * 3, -1).T  # (350, V*3)
+        #: which of the 350 shape + expression components move any vertex (FLAME: all; the stand-in:
+        #: 50 identity + 40 expression). Only those rows are kept, so exported graphs carry no zeros.
+        used = np.abs(blend).sum(1) > 0
+        self.n_shape_used = int(used[:a["shapedirs"].shape[2]].sum())
+        self.n_expression_used = int(used[a["shapedirs"].shape[2]:].sum())
+        self._all_rows = bool(used.all())
+        self.register_buffer("blend", torch.from_numpy(np.ascontiguousarray(blend[used] if not self._all_rows
+                                                                            else blend)))
+        self.register_buffer("blend_rows", torch.from_numpy(np.flatnonzero(used).astype(np.int64)))
         self.register_buffer("posedirs", torch.from_numpy(
             np.ascontiguousarray(a["posedirs"].reshape(V * 3, -1).T)))  # (36, V*3)
         self.register_buffer("J_regressor", f32("J_regressor"))
@@ -112,6 +120,8 @@ class FaceModelLayer(nn.Module):
         if eyes is None:
             eyes = torch.zeros(B, 6, dtype=dt, device=shape.device)
         betas = torch.cat([shape, expression], dim=1)
+        if not self._all_rows:
+            betas = betas.index_select(1, self.blend_rows)
         v_shaped = self.v_template[None] + (betas @ self.blend).view(B, V, 3)
         joints = torch.einsum("jv,bvc->bjc", self.J_regressor, v_shaped)
         full_pose = torch.cat([pose, neck, jaw, eyes], dim=1)

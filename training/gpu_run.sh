@@ -13,7 +13,8 @@
 #   bash training/gpu_run.sh stage1     # or one stage per call on the same warm machine:
 #   bash training/gpu_run.sh stage2     #   runs/gpu/ (git-ignored) survives between calls
 #   bash training/gpu_run.sh eval
-# Environment: MIN1, MIN2 (minutes of training per stage, default 4 and 3), OUT (files that come
+# Environment: MIN1, MIN2 (minutes of training per stage, default 4 and 3), CONFIG1, CONFIG2 (the
+# stage configs, default configs/gpu_stage{1,2}.yaml), INIT (stage 1 starts from these weights), OUT (files that come
 # back: encoder checkpoints in the official layout, logs, eval.json, contact sheet, loss curve),
 # RUN_DIR (default runs/gpu), NGPU (default: all visible GPUs; >1 uses torchrun + DDP/NCCL),
 # EXTRA (more --set overrides for both stages).
@@ -22,6 +23,8 @@ cd "$(dirname "$0")/.."
 WHAT=${1:-all}
 MIN1=${MIN1:-4}
 MIN2=${MIN2:-3}
+CONFIG1=${CONFIG1:-configs/gpu_stage1.yaml}
+CONFIG2=${CONFIG2:-configs/gpu_stage2.yaml}
 RUN_DIR=${RUN_DIR:-runs/gpu}
 OUT=${OUT:-$RUN_DIR/out}
 SHARDS=${SHARDS:-.carry/shards}
@@ -52,14 +55,16 @@ export_encoder() {  # official-layout encoder-only copy (the stage-2 file with t
 }
 
 stage1() {
-  "${LAUNCH[@]}" smirk_edge.training.cli train --config configs/gpu_stage1.yaml --out "$RUN_DIR/stage1" \
-      --max-minutes "$MIN1" --resume auto ${EXTRA:-} 2>&1 | tee -a "$OUT/run.log" | grep -v "it/s\]" || true
+  local init=()
+  [ -n "${INIT:-}" ] && init=(--init-from "$INIT")
+  "${LAUNCH[@]}" smirk_edge.training.cli train --config "$CONFIG1" --out "$RUN_DIR/stage1" \
+      --max-minutes "$MIN1" --resume auto "${init[@]}" ${EXTRA:-} 2>&1 | tee -a "$OUT/run.log" | grep -v "it/s\]" || true
   cp "$RUN_DIR/stage1/log.jsonl" "$OUT/stage1_log.jsonl" || echo "stage 1 wrote no log" | tee -a "$OUT/run.log"
   export_encoder "$RUN_DIR/stage1/smirk_latest.pt" "$OUT/smirk_stage1_encoder.pt"
 }
 
 stage2() {
-  "${LAUNCH[@]}" smirk_edge.training.cli train --config configs/gpu_stage2.yaml --out "$RUN_DIR/stage2" \
+  "${LAUNCH[@]}" smirk_edge.training.cli train --config "$CONFIG2" --out "$RUN_DIR/stage2" \
       --init-from "$RUN_DIR/stage1/smirk_latest.pt" --max-minutes "$MIN2" --resume auto ${EXTRA:-} 2>&1 \
       | tee -a "$OUT/run.log" | grep -v "it/s\]" || true
   cp "$RUN_DIR/stage2/log.jsonl" "$OUT/stage2_log.jsonl" || echo "stage 2 wrote no log" | tee -a "$OUT/run.log"

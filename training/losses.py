@@ -87,6 +87,24 @@ class CycleWeights:
 
 
 @dataclass(frozen=True)
+class SyntheticWeights:
+    """Inner weights of the synthetic-supervision term (our addition; see :func:`synthetic_param_loss`)."""
+
+    expression: float = 1.0
+    jaw: float = 10.0
+    eyelid: float = 1.0
+    pose: float = 1.0
+    #: supervise only the first N expression slots (0 = all). The stand-in's 16 named slots move the
+    #: face by pixels; its data components by a fraction of one, and an L1 on what a render cannot
+    #: show only adds gradient noise.
+    expression_slots: int = 0
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, float]) -> "SyntheticWeights":
+        return _from_mapping(cls, values, cls())
+
+
+@dataclass(frozen=True)
 class ShapeSupervisionWeights:
     """Inner weights of the MICA replacement: PCA-prior L2 and identity consistency (our choice)."""
 
@@ -105,7 +123,8 @@ class LossWeights:
 
     Fields: ``landmark`` (applied to the contour and the MediaPipe losses each), ``expression_reg``,
     ``jaw_reg``, ``shape_prior`` (the MICA replacement), ``reconstruction`` (L1), ``perceptual``,
-    ``cycle``, ``emotion`` (always 0: not implemented).
+    ``cycle``, ``emotion`` (always 0: not implemented), ``synthetic`` (our addition, 0 in SMIRK:
+    parameter supervision on rendered faces of known parameters, :func:`synthetic_param_loss`).
     """
 
     landmark: float = 0.0
@@ -116,6 +135,7 @@ class LossWeights:
     perceptual: float = 0.0
     cycle: float = 0.0
     emotion: float = 0.0
+    synthetic: float = 0.0
 
     def __post_init__(self):
         if self.emotion != 0:
@@ -254,6 +274,38 @@ def shape_supervision_loss(shape: torch.Tensor, shape_other: torch.Tensor | None
             raise InputError(f"shape_other {tuple(shape_other.shape)} must match shape {tuple(shape.shape)}")
         loss = loss + weights.consistency * ((shape - shape_other) ** 2).mean()
     return loss
+
+
+def synthetic_param_loss(pred: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                         weights: SyntheticWeights = SyntheticWeights()) -> torch.Tensor:
+    """Parameter L1 on synthetic faces: what the encoder predicts from a render vs the parameters it
+    was rendered from (``expression``, ``jaw``, ``eyelid``, ``pose`` as axis-angle; keys missing from
+    ``pred`` are skipped, e.g. ``pose`` in stage 2 where only the expression branch learns).
+
+    This is what ties the face model's named slots to what they look like: landmarks alone let a
+    one-sided smile be spread over any mix of components, the renders of a left-only slot do not.
+    Eyelids and jaw are compared before the encoder's clamp / ReLU when ``pred`` carries
+    ``eyelid_raw`` / ``jaw_raw`` (the encoder adds them in training mode): a clamped output has no
+    gradient, and an eyelid stuck below 0 would never learn to close.
+    """
+    total = None
+    for k in ("expression", "jaw", "eyelid", "pose"):
+        w = getattr(weights, k)
+        if not w or k not in pred:
+            continue
+        if k not in target:
+            raise InputError(f"synthetic_param_loss needs the ground-truth '{k}'")
+        p, t = pred.get(f"{k}_raw", pred[k]), target[k]
+        if k == "expression" and weights.expression_slots:
+            p, t = p[:, :int(weights.expression_slots)], t[:, :int(weights.expression_slots)]
+        if p.shape != t.shape:
+            raise InputError(f"synthetic_param_loss: '{k}' shapes differ: {tuple(p.shape)} vs "
+                             f"{tuple(target[k].shape)}")
+        term = w * F.l1_loss(p, t.detach())
+        total = term if total is None else total + term
+    if total is None:
+        raise InputError("synthetic_param_loss: no parameter to supervise (all weights 0 or keys missing)")
+    return total
 
 
 def cycle_loss(recon: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],

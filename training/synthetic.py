@@ -114,8 +114,7 @@ class SyntheticFaces:
             region_v = torch.unique(self.layer.faces[self.layer.face_region_faces].reshape(-1)).cpu()
             pick = np.linspace(0, len(region_v) - 1, 478).round().astype(np.int64)
             self._hull_idx = region_v[pick].to(self.device)
-        n_expr_used = int((self.layer.blend[300:].abs().sum(1) > 0).sum())
-        self.n_expression_used = n_expr_used
+        self.n_expression_used = self.layer.n_expression_used
 
     # ------------------------------------------------------------------ parameters
 
@@ -170,7 +169,7 @@ class SyntheticFaces:
     def backgrounds(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``(n, 3, S, S)`` RGB backgrounds in [0, 1]: smooth noise, gradients, or photo crops."""
         g, dev, S = generator, self.device, self.size
-        kinds = torch.randint(3 if self.photos else 2, (n,), generator=g).tolist()
+        kinds = torch.randint(3 if self.photos else 2, (n,), generator=g, device=dev).tolist()
         out = torch.empty(n, 3, S, S, device=dev)
         yy, xx = torch.meshgrid(torch.linspace(0, 1, S, device=dev), torch.linspace(0, 1, S, device=dev),
                                 indexing="ij")
@@ -181,16 +180,16 @@ class SyntheticFaces:
                 img = img + 0.05 * torch.randn(3, S, S, generator=g, device=dev)
             elif k == 1:
                 a, b = torch.rand(3, 1, 1, generator=g, device=dev), torch.rand(3, 1, 1, generator=g, device=dev)
-                th = float(torch.rand(1, generator=g)) * 2 * math.pi
+                th = float(torch.rand(1, generator=g, device=dev)) * 2 * math.pi
                 t = (math.cos(th) * xx + math.sin(th) * yy)
                 t = (t - t.min()) / (t.max() - t.min() + 1e-6)
                 img = a * (1 - t) + b * t
             else:
-                photo = self.photos[int(torch.randint(len(self.photos), (1,), generator=g))]
+                photo = self.photos[int(torch.randint(len(self.photos), (1,), generator=g, device=dev))]
                 h, w = photo.shape[:2]
-                side = max(8, int(min(h, w) * (0.3 + 0.7 * float(torch.rand(1, generator=g)))))
-                y0 = int(torch.randint(max(1, h - side + 1), (1,), generator=g))
-                x0 = int(torch.randint(max(1, w - side + 1), (1,), generator=g))
+                side = max(8, int(min(h, w) * (0.3 + 0.7 * float(torch.rand(1, generator=g, device=dev)))))
+                y0 = int(torch.randint(max(1, h - side + 1), (1,), generator=g, device=dev))
+                x0 = int(torch.randint(max(1, w - side + 1), (1,), generator=g, device=dev))
                 crop = torch.from_numpy(np.ascontiguousarray(photo[y0:y0 + side, x0:x0 + side, ::-1])).to(dev)
                 crop = crop.permute(2, 0, 1)[None].float() / 255.0
                 img = torch.nn.functional.interpolate(crop, size=(S, S), mode="bilinear", align_corners=False)[0]

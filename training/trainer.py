@@ -171,6 +171,12 @@ class Trainer:
         self.face = FaceModelLayer.from_file(config.model.face_model or standin_path()).to(self.device)
         self.face.requires_grad_(False)
         self.weights = L.LossWeights.from_mapping(config.loss.weights, stage=self.stage)
+        self.synthetic_weights = L.SyntheticWeights.from_mapping(config.loss.synthetic)
+        self.synth = None
+        if config.loss.synthetic_batch > 0:
+            from .synthetic import SyntheticFaces
+
+            self.synth = SyntheticFaces(config.model.face_model, config.data.image_size, self.device)
         self.cycle_weights = L.CycleWeights.from_mapping(config.loss.cycle)
         self.shape_weights = L.ShapeSupervisionWeights.from_mapping(config.loss.shape_supervision)
         if self.stage == 1:
@@ -230,10 +236,15 @@ class Trainer:
                                       world_size=self.dist.world_size)
         self.steps_per_epoch = max(1, (self.sampler.epoch_size // self.dist.world_size) // run.batch_size)
         T, m = self.steps_per_epoch, o.min_lr_factor
-        if o.schedule == "cosine":
-            fn = lambda s: m + (1 - m) * 0.5 * (1 + math.cos(math.pi * (s % T) / T))  # noqa: E731
+        if o.schedule == "cosine_run":
+            T = max(1, int(run.max_steps))
+        if o.schedule in ("cosine", "cosine_run"):
+            wrap = (lambda s: s % T) if o.schedule == "cosine" else (lambda s: min(s, T))  # noqa: E731
+            decay = lambda s: m + (1 - m) * 0.5 * (1 + math.cos(math.pi * wrap(s) / T))  # noqa: E731
         else:
-            fn = lambda s: 1.0  # noqa: E731
+            decay = lambda s: 1.0  # noqa: E731
+        W = max(0, int(o.warmup_steps))
+        fn = (lambda s: decay(s) * min(1.0, (s + 1) / W)) if W else decay  # noqa: E731
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, fn)
 
         # state ---------------------------------------------------------------------------
@@ -333,14 +344,57 @@ class Trainer:
                  "landmark_mediapipe": L.mediapipe_landmark_loss(l105, b["landmarks105"], valid)}
         return terms, geo
 
+    @staticmethod
+    def _split(out: Mapping[str, torch.Tensor], n: int):
+        return {k: v[:n] for k, v in out.items()}, {k: v[n:] for k, v in out.items()}
+
+    def _synthetic_batch(self, b: Mapping[str, torch.Tensor]) -> dict | None:
+        """``loss.synthetic_batch`` faces of known parameters rendered on the training device.
+
+        Half get a background cut from a random corner of this batch's photos, enlarged (skin,
+        hair and clothes texture at the right colours), the rest smooth noise or a gradient."""
+        if self.synth is None:
+            return None
+        n = self.cfg.loss.synthetic_batch
+        g = torch.Generator(device=self.device)
+        g.manual_seed((self.cfg.run.seed * 7_368_787 + self.step * 104_729 + self.dist.rank) % (2 ** 63))
+        params = self.synth.sample_params(n, g)
+        bg = self.synth.backgrounds(n, g)
+        real = b["image"]
+        S = real.shape[-1]
+        k = n // 2
+        if k and len(real):
+            pick = torch.randint(len(real), (k,), generator=g, device=self.device)
+            side = S // 4
+            y0, x0 = [int(v) for v in torch.randint(S - side + 1, (2,), generator=g, device=self.device)]
+            patch = real[pick, :, y0:y0 + side, x0:x0 + side].float()
+            bg[:k] = torch.nn.functional.interpolate(patch, size=(S, S), mode="bilinear", align_corners=False)
+        with torch.no_grad():
+            r = self.synth.render(params, g, background=bg)
+        return {"image": r["image"], "landmarks68": r["landmarks68"], "landmarks105": r["landmarks105"],
+                "valid": torch.ones(n, device=self.device), "params": params}
+
+    def _synthetic_terms(self, out: Mapping[str, torch.Tensor], syn: Mapping) -> dict[str, torch.Tensor]:
+        from . import losses as L
+
+        lt, _ = self._landmark_terms(out, syn)
+        return {"landmark_synthetic": lt["landmark_contour"] + lt["landmark_mediapipe"],
+                "synthetic": L.synthetic_param_loss(out, syn["params"], self.synthetic_weights)}
+
     def stage1_losses(self, b: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Unweighted stage-1 loss terms of a device batch (images flattened to ``(B*V, 3, S, S)``)."""
         from . import losses as L
 
+        syn = self._synthetic_batch(b)
+        img = b["image"] if syn is None else torch.cat([b["image"], syn["image"]])
         with self._autocast():
-            out = self.enc_train(b["image"])
+            out = self.enc_train(img)
         out = self._f32(out)
+        if syn is not None:
+            out, out_syn = self._split(out, len(b["image"]))
         terms, _ = self._landmark_terms(out, b)
+        if syn is not None:
+            terms.update(self._synthetic_terms(out_syn, syn))
         terms["expression_reg"] = L.l2_regularizer(out["expression"])
         terms["jaw_reg"] = L.l2_regularizer(out["jaw"])
         V = self.cfg.data.views
@@ -364,12 +418,18 @@ class Trainer:
         img = b["image"]
         S = img.shape[-1]
         enc = self.encoder
+        syn = self._synthetic_batch(b)
         with torch.no_grad(), self._autocast():
             fixed = {**enc.pose_encoder(img), **enc.shape_encoder(img)}
         with self._autocast():
-            ex = self.enc_train(img)
+            ex = self.enc_train(img if syn is None else torch.cat([img, syn["image"]]))
+        ex = self._f32(ex)
+        if syn is not None:
+            ex, ex_syn = self._split(ex, len(img))
         params = self._f32({**fixed, **ex})
         terms, geo = self._landmark_terms(params, b)
+        if syn is not None:
+            terms["synthetic"] = L.synthetic_param_loss(ex_syn, syn["params"], self.synthetic_weights)
         terms["jaw_reg"] = L.l2_regularizer(params["jaw"])
         terms["expression_reg"] = L.l2_regularizer(params["expression"])
         cam = params["cam"]

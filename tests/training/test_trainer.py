@@ -168,3 +168,80 @@ def test_config_rejects_unknown_keys_with_a_hint():
         config_from_dict({"optim": {"lrr": 1}}, require_sources=False)
     cfg = config_from_dict({}, ["optim.lr=5e-4", "run.max_steps=7"], require_sources=False)
     assert cfg.optim.lr == 5e-4 and cfg.run.max_steps == 7
+
+
+def test_synthetic_supervision_adds_rendered_faces_to_both_stages(tmp_path):
+    from smirk_edge.training.config import config_from_dict
+    from smirk_edge.training.trainer import Trainer
+
+    for stage, size in ((1, 64), (2, 96)):  # stage 2's perceptual loss needs >= 88 px
+        ds = _fixed(4, size=size)
+        d = _cfg(stage=stage, size=size, batch_size=4).to_dict()
+        d["loss"].update({"synthetic_batch": 4, "weights": {"synthetic": 1.0}})
+        tr = Trainer(config_from_dict(d, require_sources=False), tmp_path / f"s{stage}", dataset=ds)
+        dev = tr._batch_to(_batch(ds))
+        a = tr._synthetic_batch(dev)
+        b = tr._synthetic_batch(dev)
+        assert a["image"].shape == (4, 3, size, size)
+        assert torch.equal(a["image"], b["image"]), "the same step must render the same faces (exact resume)"
+        assert a["params"]["expression"].abs().sum() > 0
+        exp = [p.detach().clone() for p in tr.encoder.expression_encoder.parameters()]
+        tr.train_step(_batch(ds))
+        t = tr.last_terms()
+        assert t["synthetic"] > 0 and all(torch.isfinite(torch.tensor(v)) for v in t.values()), t
+        assert ("landmark_synthetic" in t) == (stage == 1)
+        assert not torch.equal(tr._synthetic_batch(dev)["image"], a["image"]), "a new step renders new faces"
+        assert any(not torch.equal(x, y) for x, y in zip(exp, tr.encoder.expression_encoder.parameters()))
+
+
+def test_synthetic_param_loss_names_what_is_missing():
+    from smirk_edge.errors import InputError
+    from smirk_edge.training.losses import SyntheticWeights, synthetic_param_loss
+
+    z = torch.zeros
+    pred = {"expression": z(2, 50), "jaw": z(2, 3), "eyelid": z(2, 2)}  # stage 2: no pose
+    gt = {"expression": torch.ones(2, 50), "jaw": z(2, 3), "eyelid": z(2, 2), "pose": z(2, 3)}
+    assert float(synthetic_param_loss(pred, gt)) == pytest.approx(1.0)
+    with pytest.raises(InputError, match="'jaw' shapes differ"):
+        synthetic_param_loss({**pred, "jaw": z(2, 2)}, gt)
+    with pytest.raises(InputError, match="no parameter"):
+        synthetic_param_loss({}, gt, SyntheticWeights())
+
+
+def test_cosine_run_schedule_warms_up_then_decays_once(tmp_path):
+    from smirk_edge.training.config import ConfigError, config_from_dict
+    from smirk_edge.training.trainer import Trainer
+
+    d = _cfg(max_steps=100).to_dict()
+    d["optim"].update({"schedule": "cosine_run", "warmup_steps": 10, "min_lr_factor": 0.01})
+    tr = Trainer(config_from_dict(d, require_sources=False), tmp_path, dataset=_fixed(4))
+    f = tr.scheduler.lr_lambdas[0]
+    assert f(0) == pytest.approx(0.1, rel=0.01)  # warm-up
+    assert f(9) == pytest.approx(1.0, rel=0.03)  # warm-up done (the cosine has begun)
+    assert f(50) == pytest.approx(0.505, rel=0.01)  # half way down, no restart at the epoch end
+    assert f(100) == pytest.approx(0.01) and f(500) == pytest.approx(0.01)
+    d["run"]["max_steps"] = None
+    with pytest.raises(ConfigError, match="cosine_run needs run.max_steps"):
+        config_from_dict(d, require_sources=False)
+
+
+def test_synthetic_eyelid_loss_reaches_a_clamped_eyelid():
+    """An eyelid head stuck below 0 gets no gradient through the clamp; the raw value gets one."""
+    from smirk_edge.training.encoder import EncoderConfig, SmirkEncoder
+    from smirk_edge.training.losses import SyntheticWeights, synthetic_param_loss
+
+    full = SmirkEncoder(EncoderConfig.named("tiny")).train()
+    enc = full.expression_encoder
+    with torch.no_grad():
+        enc.expression_layers[0].bias[50:52] = -5.0  # both eyelids clamped to 0
+    out = full(torch.rand(2, 3, 64, 64))  # what the trainer calls
+    assert torch.equal(out["eyelid"], torch.zeros(2, 2)) and (out["eyelid_raw"] < 0).all()
+    gt = {"eyelid": torch.ones(2, 2), "expression": torch.zeros(2, 50), "jaw": torch.zeros(2, 3)}
+    synthetic_param_loss(out, gt, SyntheticWeights(expression=0, jaw=0, pose=0)).backward()
+    assert enc.expression_layers[0].bias.grad[50:52].abs().min() > 0
+    full.eval()
+    assert sorted(full(torch.rand(1, 3, 64, 64))) == sorted(["pose", "cam", "shape", "expression", "eyelid", "jaw"])
+    w = SyntheticWeights(expression_slots=16, jaw=0, eyelid=0)
+    pred = {"expression": torch.zeros(1, 50)}
+    assert float(synthetic_param_loss(pred, {"expression": torch.cat([torch.zeros(1, 16), torch.ones(1, 34)], 1)},
+                                      w)) == 0.0, "slots past expression_slots are not supervised"
