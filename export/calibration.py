@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,8 @@ import cv2
 import numpy as np
 
 from smirk_edge._lazy import require
-from smirk_edge.crop import CROP_SIZE, DEFAULT_SCALE, crop_from_box, landmark_box_from_detection, to_tensor
+from smirk_edge.crop import (CROP_SIZE, DEFAULT_SCALE, crop_from_box, landmark_box_from_detection, square_from_box,
+                             to_tensor, transform_from_square)
 from smirk_edge.errors import InputError
 
 from .metadata import INPUT_NAME
@@ -241,6 +242,39 @@ def collect_crops(folder: str | os.PathLike, limit: int | None = None, face: str
         raise InputError(f"no face crops could be made from {len(files)} images under {folder}")
     method = used.pop() if len(used) == 1 else "mixed"
     return CropSet(np.stack(crops), sources, str(root), method, scale, skipped)
+
+
+def jittered_crops(images: Sequence[str | os.PathLike], per_image: int = 8, seed: int = 0,
+                   scale: tuple[float, float] = (1.2, 1.8), rotation: float = 15.0, shift: float = 0.06) -> CropSet:
+    """Several crops of each photo's first detected face, with seeded random scale, rotation and
+    shift (the first crop of each photo is the plain SDK crop at :data:`DEFAULT_SCALE`).
+
+    For golden files of bundles that are committed or published: a handful of photos whose terms
+    allow it (the shipped astronaut portrait is public domain) give varied crops, so no crop of a
+    non-redistributable photo has to travel with the model.
+    """
+    method, finder = default_face_finder()
+    rng = np.random.default_rng(seed)
+    crops, sources = [], []
+    for path in images:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None or image.size == 0:
+            raise InputError(f"cannot read image {path}")
+        box = finder(image) if finder is not None else None
+        if box is None:
+            raise InputError(f"no face found in {path}; golden crops need a photo with a face")
+        for k in range(per_image):
+            if k == 0:
+                t = crop_from_box(box, DEFAULT_SCALE)
+            else:
+                centre, side = square_from_box(box, float(rng.uniform(*scale)))
+                centre = np.asarray(centre, np.float64) + rng.uniform(-shift, shift, 2) * side
+                t = transform_from_square(centre, side, CROP_SIZE, float(rng.uniform(-rotation, rotation)))
+            crops.append(t.warp(image))
+            sources.append(f"{Path(path).name}#{k}")
+    if not crops:
+        raise InputError("jittered_crops needs at least one image")
+    return CropSet(np.stack(crops), sources, str(Path(images[0]).parent), method or "detect", DEFAULT_SCALE, 0)
 
 
 def synthetic_face_crops(n: int, seed: int = 0) -> CropSet:

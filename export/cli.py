@@ -18,9 +18,14 @@ from collections.abc import Sequence
 from smirk_edge.errors import SmirkEdgeError
 
 
-def _csv(choices: Sequence[str]):
+def _csv(choices: Sequence[str] | None):
+    """argparse type: a comma-separated list, each item one of ``choices`` (None: any name)."""
     def parse(text: str) -> list[str]:
         items = [t.strip() for t in text.split(",") if t.strip()]
+        if choices is None:
+            if not items:
+                raise argparse.ArgumentTypeError(f"give at least one name (comma-separated), got {text!r}")
+            return items
         bad = [t for t in items if t not in choices]
         if bad or not items:
             raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)} (comma-separated), got {text!r}")
@@ -50,6 +55,13 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-count", type=int, default=500, help="at most this many calibration crops (default 500)")
     p.add_argument("--golden-count", type=int, default=16, help="crops stored in golden.npz (default 16)")
     p.add_argument("--report-dir", default=None, help="save the comparator's outputs and report here")
+    p.add_argument("--keep", type=_csv(None), default=None, metavar="NAMES",
+                   help="comma-separated artifact names to gate and write (default: all that are made)")
+    p.add_argument("--golden-from", nargs="+", default=None, metavar="IMAGE",
+                   help="photos for golden.npz (jittered crops) instead of held-back crops of --calib: "
+                        "for bundles you publish when the calibration photos may not travel")
+    p.add_argument("--card-notes", default=None, metavar="MD",
+                   help="Markdown placed at the top of the bundle's MODEL_CARD.md (data, terms, evaluation)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -74,6 +86,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
                              allow_degraded=args.allow_degraded, gate_count=args.gate_count,
                              min_gate_count=min(200, args.gate_count), calib_count=args.calib_count,
                              golden_count=args.golden_count, report_dir=args.report_dir,
+                             card_notes=args.card_notes, keep=args.keep, golden_from=args.golden_from,
                              progress=not args.no_progress)
         try:
             report = export_bundle(opts)

@@ -78,7 +78,7 @@ def _quiet_nncf() -> None:
 
 def to_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike, precision: str = "fp32",
           metadata: Mapping[str, Any] | None = None, calibration: Iterable[Feed] | None = None,
-          calibration_count: int | None = None) -> IrResult:
+          calibration_count: int | None = None, rung: Any = None) -> IrResult:
     """Convert an fp32 ONNX encoder to an OpenVINO IR of ``precision``.
 
     Args:
@@ -88,6 +88,8 @@ def to_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike, precision: 
         metadata: the export metadata (stored in ``rt_info``).
         calibration: int8 only: feed dicts ``{"image": (1, 3, 224, 224) float32}`` of real crops.
         calibration_count: number of crops behind ``calibration`` (warns under 300).
+        rung: int8 only: a :class:`~smirk_edge.export.mixed_precision.Rung` whose branches / heads
+            NNCF leaves in float (its ignored scope).
     """
     ov = require("openvino")
     if precision not in PRECISIONS:
@@ -106,11 +108,26 @@ def to_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike, precision: 
         _quiet_nncf()
         dataset = nncf_dataset(calibration)
         n = calibration_count or (len(calibration) if hasattr(calibration, "__len__") else 300)
+        kw = {}
+        if rung is not None:
+            from .mixed_precision import openvino_float_ops
+
+            names = openvino_float_ops(model, rung)
+            if names:
+                kw["ignored_scope"] = nncf.IgnoredScope(names=names, validate=False)
+            details["mixed_precision"] = {**rung.to_json(), "float_ops": len(names)}
         model = nncf.quantize(model, dataset, subset_size=int(n), preset=nncf.QuantizationPreset.PERFORMANCE,
-                              model_type=None)
+                              model_type=None, **kw)
+        if rung is not None and rung.float_branches:
+            # the layers left in float keep float activations but store int8 weights (per-channel,
+            # decompressed on load): the IR shrinks by ~2/3 of their bytes; the gate checks the result
+            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+            details["mixed_precision"]["float_layers_weights"] = "int8_asym per-channel (weight-only)"
         details.update({"nncf": nncf.__version__, "preset": "performance", "subset_size": int(n),
                         "calibration_crops": calibration_count})
     _set_rt_info(model, {**(metadata or {}), **({"int8": details} if precision == "int8" else {})}
                  if metadata is not None else None, precision)
-    ov.save_model(model, str(xml), compress_to_fp16=(precision == "fp16"))
+    # int8: the layers NNCF leaves in float (mixed precision) are stored in fp16 too, as in an fp16
+    # IR; the CPU plugin computes them in fp32 under INFERENCE_PRECISION_HINT f32
+    ov.save_model(model, str(xml), compress_to_fp16=(precision in ("fp16", "int8")))
     return IrResult(xml, xml.with_suffix(".bin"), time.perf_counter() - start, details)

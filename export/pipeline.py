@@ -38,12 +38,14 @@ from smirk_edge.bundle import Bundle, BundleWriter
 from smirk_edge.errors import FaceModelError, InputError
 from smirk_edge.face_model import FaceModel
 
-from .calibration import MIN_CALIBRATION_CROPS, CropSet, collect_crops
+from .calibration import MIN_CALIBRATION_CROPS, CropSet, collect_crops, jittered_crops
 from .gate import DEFAULT_THRESHOLDS, Comparator, GateError, GateResult, Thresholds, format_table
 from .golden import DEFAULT_GOLDEN_COUNT, GOLDEN_FILE, write_golden
 from .metadata import model_metadata
 
 log = logging.getLogger(__name__)
+#: calibration crops that choose the int8 mixed-precision rung (the gate uses its own held-back crops)
+SELECTION_CROPS = 200
 
 FORMATS = ("onnx", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -71,6 +73,15 @@ class ExportOptions:
         thresholds: per-precision gate bounds (default :data:`~smirk_edge.export.gate.DEFAULT_THRESHOLDS`).
         report_dir: where the comparator saves outputs and reports (None: not saved).
         int8_exclude_op_types: op types the ONNX Runtime int8 model keeps in float.
+        golden_from: photos for ``golden.npz`` (jittered crops of each, see
+            :func:`~smirk_edge.export.calibration.jittered_crops`) instead of the first held-back
+            crops: for bundles that are published, when the calibration photos may not travel.
+        int8_mixed: int8 artifacts climb :data:`~smirk_edge.export.mixed_precision.LADDER` (keep
+            the pose branch / linear heads in float) until the int8 bounds hold on selection crops.
+        keep: artifact names to gate and write (e.g. ``encoder.onnx``, ``encoder.int8.xml``,
+            ``fused.int8.onnx``); None keeps every artifact the formats and precisions make.
+        card_notes: a Markdown file placed at the top of ``MODEL_CARD.md`` (what the checkpoint
+            cannot tell: training data and terms, evaluation, known failure cases).
         progress: progress bars.
     """
 
@@ -91,6 +102,10 @@ class ExportOptions:
     thresholds: Mapping[str, Thresholds] | None = None
     report_dir: str | os.PathLike | None = None
     int8_exclude_op_types: Sequence[str] = ()
+    card_notes: str | os.PathLike | None = None
+    keep: Sequence[str] | None = None
+    int8_mixed: bool = True
+    golden_from: Sequence[str | os.PathLike] | None = None
     progress: bool = True
 
     def validate(self) -> None:
@@ -102,6 +117,11 @@ class ExportOptions:
             check_choice("precision", p, list(PRECISIONS))
         if not self.formats or not self.precisions:
             raise InputError("nothing to export: give at least one format and one precision")
+        for g in self.golden_from or ():
+            if not Path(g).is_file():
+                raise InputError(f"--golden-from: no such image {g}")
+        if self.card_notes is not None and not Path(self.card_notes).is_file():
+            raise InputError(f"--card-notes: no such file {self.card_notes}")
         if self.calib is None and self.crops is None:
             raise InputError("--calib DIR is required: a folder of face photos for int8 calibration and the "
                              "accuracy gate (never random tensors)")
@@ -176,7 +196,7 @@ def export_bundle(opts: ExportOptions) -> ExportReport:
     from smirk_edge.training.checkpoint import build_encoder, read_checkpoint
     from smirk_edge.training.face_model import FaceModelLayer
 
-    from . import onnx_export, openvino_export, quantize
+    from . import mixed_precision, onnx_export, openvino_export, quantize
     from .calibration import warn_if_small
 
     timings: dict[str, float] = {}
@@ -234,16 +254,51 @@ def export_bundle(opts: ExportOptions) -> ExportReport:
                                                                          "opset": onnx_export.OPSET,
                                                                          "nodes": fp32.nodes})}
         cal_feeds = calib.feeds(batch=1)
+        say = (lambda m: log.info(m)) if not opts.progress else (lambda m: print(m, flush=True))
+        int8_bounds = thresholds.get("int8", DEFAULT_THRESHOLDS["int8"])
+        sel_set = calib.subset(slice(0, min(SELECTION_CROPS, len(calib)))) if need_calib else None
+        sel_ref: dict = {}
+
+        def selector(path, engine):
+            """Gate metrics of an int8 artifact on the selection crops (calibration crops, never
+            the gate's held-back ones)."""
+            from .gate import accuracy_metrics
+
+            x_sel = sel_set.tensor()
+            if not sel_ref:
+                sel_ref.update(torch_outputs(encoder, x_sel))
+            runner = make_runner(engine, path, precision="int8")
+            with runner:
+                outs = [runner.infer({"image": x_sel[i:i + 16]}) for i in range(0, len(x_sel), 16)]
+            got = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+            return accuracy_metrics(sel_ref, got, face_model)
+
+        def int8_passes(m):
+            from .gate import check
+
+            return not check(m, int8_bounds)
         if "onnx" in opts.formats or opts.fused:
             if "fp16" in opts.precisions:
                 r = quantize.to_fp16(fp32.path, stage / "encoder.fp16.onnx")
                 onnx_files["fp16"] = (r.path, {"seconds": {"export": round(fp32.seconds, 3), "quantize": round(r.seconds, 3)},
                                                "opset": onnx_export.OPSET})
             if "int8" in opts.precisions:
-                r = quantize.quantize_int8(fp32.path, stage / "encoder.int8.onnx", cal_feeds, flavour="x86",
-                                           exclude_op_types=opts.int8_exclude_op_types, progress=opts.progress,
-                                           calibration_count=len(calib))
-                onnx_files["int8"] = (r.path, {"seconds": {"export": round(fp32.seconds, 3), "quantize": round(r.seconds, 3)},
+                t_q = time.perf_counter()
+
+                def build_ort(rung, _dst=stage / "encoder.int8.onnx"):
+                    return quantize.quantize_int8(fp32.path, _dst, cal_feeds, flavour="x86",
+                                                  exclude_op_types=opts.int8_exclude_op_types, progress=opts.progress,
+                                                  calibration_count=len(calib), keep_activations=rung is not None,
+                                                  rung=rung)
+
+                if opts.int8_mixed:
+                    r, ladder = mixed_precision.climb(
+                        build_ort, lambda res: selector(res.path, "onnxruntime"), int8_passes, say=say)
+                    r.details["mixed_precision"] = ladder.to_json()
+                else:
+                    r = build_ort(None)
+                onnx_files["int8"] = (r.path, {"seconds": {"export": round(fp32.seconds, 3),
+                                                           "quantize": round(time.perf_counter() - t_q, 3)},
                                                "opset": onnx_export.OPSET, "quantization": r.details})
         if "onnx" in opts.formats:
             for p, (path, attrs) in onnx_files.items():
@@ -269,12 +324,31 @@ def export_bundle(opts: ExportOptions) -> ExportReport:
         if "openvino" in opts.formats:
             for p in opts.precisions:
                 stem = "encoder" if p == "fp32" else f"encoder.{p}"
-                r = openvino_export.to_ir(fp32.path, stage / f"{stem}.xml", p, metadata,
-                                          calibration=cal_feeds if p == "int8" else None,
-                                          calibration_count=len(calib) if p == "int8" else None)
-                secs = {"export": round(fp32.seconds, 3), "convert": round(r.seconds, 3)}
+                if opts.keep is not None and f"{stem}.xml" not in opts.keep:
+                    continue
+                t_c = time.perf_counter()
+
+                def build_ir(rung, _p=p, _stem=stem):
+                    return openvino_export.to_ir(fp32.path, stage / f"{_stem}.xml", _p, metadata,
+                                                 calibration=cal_feeds if _p == "int8" else None,
+                                                 calibration_count=len(calib) if _p == "int8" else None, rung=rung)
+
+                if p == "int8" and opts.int8_mixed:
+                    r, ladder = mixed_precision.climb(build_ir, lambda res: selector(res.xml, "openvino"),
+                                                      int8_passes, say=say)
+                    r.details["mixed_precision"] = ladder.to_json()
+                else:
+                    r = build_ir(None)
+                secs = {"export": round(fp32.seconds, 3), "convert": round(time.perf_counter() - t_c, 3)}
                 built.append(Built(r.xml.name, "openvino-ir", "encoder", p, r.files, "openvino",
                                    {"seconds": secs, **({"quantization": r.details} if p == "int8" else {})}))
+
+        if opts.keep is not None:
+            unknown = sorted(set(opts.keep) - {b.name for b in built})
+            if unknown:
+                raise InputError(f"--keep names artifacts this export does not make: {unknown}; it makes "
+                                 f"{sorted(b.name for b in built)}")
+            built = [b for b in built if b.name in set(opts.keep)]
 
         # ---- gate ------------------------------------------------------------------------------
         cmp = Comparator(x_held, face_model, opts.report_dir)
@@ -306,14 +380,23 @@ def export_bundle(opts: ExportOptions) -> ExportReport:
         for det in _detector_models():
             writer.add(det.name, "onnx", "detector", det, "fp32", attrs={"variant": det.stem.split("_", 1)[-1],
                                                                            "model": "BlazeFace"})
-        n_gold = min(opts.golden_count, len(held))
-        golden = write_golden(stage / GOLDEN_FILE, held.crops[:n_gold], {k: v[:n_gold] for k, v in reference.items()},
-                              {"reference": "torch fp32", "sources": held.sources[:n_gold], "root": held.root,
-                               "method": held.method, "scale": held.scale, "sdk_version": __version__})
+        if opts.golden_from:  # photos whose terms allow them to travel with the bundle
+            gold_set = jittered_crops(list(opts.golden_from), per_image=max(1, -(-opts.golden_count
+                                                                               // len(opts.golden_from))))
+            gold_set = gold_set.subset(slice(0, opts.golden_count))
+            gold_ref = torch_outputs(encoder, gold_set.tensor())
+        else:
+            gold_set = held.subset(slice(0, min(opts.golden_count, len(held))))
+            gold_ref = {k: v[:len(gold_set)] for k, v in reference.items()}
+        n_gold = len(gold_set)
+        golden = write_golden(stage / GOLDEN_FILE, gold_set.crops, gold_ref,
+                              {"reference": "torch fp32", "sources": gold_set.sources, "root": gold_set.root,
+                               "method": gold_set.method, "scale": gold_set.scale, "sdk_version": __version__})
         writer.add("golden", "golden", "golden", golden, attrs={"crops": n_gold}, move=True)
         timings["total"] = round(time.perf_counter() - t_all, 3)
         card = stage / "MODEL_CARD.md"
-        card.write_text(model_card(ckpt, variant, face_model, held, calib, cmp.results, built, timings),
+        notes = Path(opts.card_notes).read_text(encoding="utf-8") if opts.card_notes else None
+        card.write_text(model_card(ckpt, variant, face_model, held, calib, cmp.results, built, timings, notes),
                         encoding="utf-8")
         writer.add("model_card", "model-card", "model_card", card, move=True)
         writer.metadata["export"] = {"held_back": held.describe(), "calibration": calib.describe(),
@@ -340,16 +423,20 @@ def _detector_models() -> list[Path]:
 
 
 def model_card(ckpt: Any, variant: str, face_model: FaceModel, held: CropSet, calib: CropSet,
-               results: Sequence[GateResult], built: Sequence[Built], timings: Mapping[str, float]) -> str:
-    """MODEL_CARD.md: provenance, data and its terms, accuracy per artifact, export times."""
+               results: Sequence[GateResult], built: Sequence[Built], timings: Mapping[str, float],
+               notes: str | None = None) -> str:
+    """MODEL_CARD.md: provenance, data and its terms, accuracy per artifact, export times; ``notes``
+    (Markdown, its own ``#`` title) go first and the export's sections follow under ``# Export``."""
     meta = ckpt.meta or {}
+    head = [notes.rstrip(), "", "# Export", ""] if notes else ["# SMIRK encoder: model card", ""]
+    missing = "see the sections above" if notes else "not recorded in the checkpoint; fill in who trained it, on what"
     lines = [
-        "# SMIRK encoder: model card", "",
+        *head,
         f"Exported by smirk-edge {__version__}.", "",
         "## Provenance", "",
         f"- Source checkpoint sha256: `{ckpt.sha256}` (official SMIRK key layout), encoder variant `{variant}`.",
-        f"- Training: {meta.get('training', 'not recorded in the checkpoint; fill in who trained it, on what')}.",
-        f"- Training data and its terms: {meta.get('training_data', 'not recorded in the checkpoint; fill in')}.",
+        f"- Training: {meta.get('training', missing)}.",
+        f"- Training data and its terms: {meta.get('training_data', missing)}.",
         f"- Face model: `{face_model.model_id}`, {face_model.n_vertices} vertices. "
         + (f"Notice: {face_model.notice}" if face_model.notice else ""),
         "",

@@ -106,7 +106,8 @@ def to_fp16(src: str | os.PathLike, dst: str | os.PathLike, keep_float_ops: Sequ
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: Iterable[Feed],
                   flavour: str = "x86", per_channel: bool = True, method: str = "minmax",
                   exclude_nodes: Sequence[str] = (), exclude_op_types: Sequence[str] = (),
-                  progress: bool = True, calibration_count: int | None = None) -> QuantResult:
+                  progress: bool = True, calibration_count: int | None = None,
+                  keep_activations: bool = False, rung: Any = None, compact_float: bool = True) -> QuantResult:
     """Static int8 QDQ quantization of an fp32 ONNX model, calibrated on feed dicts.
 
     Args:
@@ -120,6 +121,12 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: I
         exclude_nodes: names (of the pre-processed graph) to keep in float.
         exclude_op_types: op types to leave unquantized (e.g. ``["Gemm"]`` keeps the heads float).
         calibration_count: number of crops behind ``calibration`` (warns under 300; None: skip).
+        keep_activations: keep the Relu/Clip nodes that a uint8 Q node would otherwise absorb, so
+            that any Q/DQ pair can later be taken out (mixed precision) without losing a Relu.
+        rung: a :class:`~smirk_edge.export.mixed_precision.Rung`: the branches / heads it names
+            stay float (added to ``exclude_nodes``).
+        compact_float: with ``rung``: store the float layers' weights in fp16 behind a Cast
+            (:func:`store_float_weights_fp16`): the file shrinks, the arithmetic stays fp32.
     """
     quant = require("onnxruntime.quantization")
     shape_inference = require("onnxruntime.quantization.shape_inference")
@@ -137,6 +144,11 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: I
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         pre = Path(tmp) / "pre.onnx"
         shape_inference.quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+        exclude_nodes = list(exclude_nodes)
+        if rung is not None:
+            from .mixed_precision import onnx_float_nodes
+
+            exclude_nodes += [n for n in onnx_float_nodes(pre, rung) if n not in exclude_nodes]
         op_types = None
         if exclude_op_types:
             all_ops = {n.op_type for n in onnx.load(str(pre)).graph.node}
@@ -144,6 +156,8 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: I
         methods = {"minmax": quant.CalibrationMethod.MinMax, "percentile": quant.CalibrationMethod.Percentile,
                    "entropy": quant.CalibrationMethod.Entropy}
         extra = {"ActivationSymmetric": cfg["symmetric_activations"], "WeightSymmetric": True}
+        if keep_activations:
+            extra["QDQKeepRemovableActivations"] = True
         reader = ort_reader(calibration, progress=progress, total=calibration_count)
         quant.quantize_static(
             str(pre), str(dst), reader, quant_format=quant.QuantFormat.QDQ, per_channel=per_channel,
@@ -151,9 +165,58 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: I
             weight_type=getattr(quant.QuantType, cfg["weight_type"]),
             calibrate_method=methods[method], nodes_to_exclude=list(exclude_nodes),
             op_types_to_quantize=op_types, extra_options=extra)
+    if rung is not None and compact_float:
+        details_compact = store_float_weights_fp16(dst)
+    else:
+        details_compact = None
     details = {"flavour": flavour, "activations": cfg["activation_type"], "weights": cfg["weight_type"],
                "symmetric_activations": cfg["symmetric_activations"], "per_channel": per_channel,
                "calibration_method": method, "calibration_crops": calibration_count,
                "excluded_nodes": list(exclude_nodes), "excluded_op_types": list(exclude_op_types)}
+    if rung is not None:
+        details["mixed_precision"] = rung.to_json()
+    if details_compact is not None:
+        details["float_weights_stored_fp16"] = details_compact
     _copy_metadata(src_model, dst, "int8", {"int8": details})
     return QuantResult(dst, time.perf_counter() - start, details)
+
+
+def store_float_weights_fp16(path: str | os.PathLike, min_elements: int = 1024) -> dict[str, int]:
+    """Rewrite an ONNX file so that the float weights of ``Conv`` / ``Gemm`` / ``MatMul`` nodes (the
+    layers a mixed-precision int8 model keeps in float) are stored as fp16 with a ``Cast`` to fp32
+    in front: half the bytes, the same fp32 arithmetic (ONNX Runtime folds the Cast when the session
+    is created). Weights under ``min_elements`` and int8 (DequantizeLinear-fed) weights are left as
+    they are. Returns counts: ``{"tensors": n, "bytes_saved": b}``.
+    """
+    onnx = require("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    users: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    n_done, saved, new_nodes = 0, 0, []
+    for name, t in list(inits.items()):
+        if t.data_type != TensorProto.FLOAT:
+            continue
+        consumers = users.get(name, [])
+        if not consumers or any(c.op_type not in ("Conv", "Gemm", "MatMul") or list(c.input).index(name) != 1
+                                for c in consumers):
+            continue
+        arr = numpy_helper.to_array(t)
+        if arr.size < min_elements:
+            continue
+        half = numpy_helper.from_array(arr.astype("float16"), name + "_fp16")
+        g.initializer.remove(t)
+        g.initializer.append(half)
+        new_nodes.append(helper.make_node("Cast", [half.name], [name], to=TensorProto.FLOAT, name=name + "_cast"))
+        n_done += 1
+        saved += arr.size * 2
+    if n_done:
+        for node in reversed(new_nodes):
+            g.node.insert(0, node)
+        onnx.save(model, str(path))
+    return {"tensors": n_done, "bytes_saved": int(saved)}

@@ -3,7 +3,8 @@
 Per image ``NAME``: ``NAME.overlay.jpg``, ``NAME.json`` (faces: parameters, landmarks, box, head
 pose) and ``NAME.face<i>.obj`` (or .ply). Per video: ``NAME.overlay.mp4`` and ``NAME.json`` (one
 entry per frame). ``summary.json`` lists inputs, faces, failures and mean per-stage times. An
-unreadable input is reported and skipped; ``--strict`` turns any failure into exit code 1.
+unreadable input is reported and skipped; ``--strict`` turns any failure into exit code 1 (without
+it, the exit code is 1 only when no input could be processed at all).
 """
 
 from __future__ import annotations
@@ -163,4 +164,5 @@ def run(args: argparse.Namespace) -> int:
     stages = ", ".join(f"{k} {v:.1f}" for k, v in means.items() if k != "decode_image")
     print(f"{len(files) - n_failed_files}/{len(files)} inputs done, "
           f"{n_faces} faces, {len(failures)} failed | mean ms: {stages} | {engine}")
-    return 1 if (args.strict and failures) else 0
+    nothing_done = bool(failures) and not (len(files) - n_failed_files)
+    return 1 if (failures and (args.strict or nothing_done)) else 0

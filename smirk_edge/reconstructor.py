@@ -28,7 +28,7 @@ from .errors import BundleError, SmirkEdgeError
 from .face_model import FaceModel
 from .face_model.model import rodrigues, yaw_degrees
 from .image import as_bgr_uint8, load_image
-from .results import PARAM_WIDTHS, Face, Params, head_pose_degrees
+from .results import PARAM_WIDTHS, Face, Params, crop_roll_degrees, head_pose_degrees
 from .smoothing import OneEuroConfig, OneEuroFilter
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,8 @@ def _open_bundle(bundle: str | os.PathLike | Bundle | None) -> Bundle:
         path = default_bundle_path()
         if not (path / "manifest.json").is_file():
             raise BundleError(
-                "no default model is shipped with this version of smirk-edge yet: pass a bundle made by "
-                "'smirk-edge export' (Reconstructor('my.bundle'))")
+                f"the embedded default model is missing from this installation ({path} has no manifest.json): "
+                "reinstall smirk-edge, or pass a bundle made by 'smirk-edge export' (Reconstructor('my.bundle'))")
         return Bundle(path)
     return Bundle(bundle)
 
@@ -123,6 +123,11 @@ class Reconstructor:
         self.face_model = FaceModel.load(self.bundle.main_path(fm[0]).read_bytes())
 
         encoders = self.bundle.find(role="encoder")
+        # a fused graph (encoder + face model) returns the six parameters too: it stands in for an
+        # encoder of a kind/precision the bundle has no plain encoder of (the default bundle ships
+        # its int8 ONNX only as fused.int8.onnx, to stay small); its geometry outputs are unused
+        have = {(a.kind, a.precision) for a in encoders}
+        encoders += [a for a in self.bundle.find(role="fused") if (a.kind, a.precision) not in have]
         if not encoders:
             raise BundleError(f"bundle {self.bundle.root} has no encoder artifact")
         # artifacts made only for building TensorRT engines are never run directly; artifacts that
@@ -289,7 +294,8 @@ class Reconstructor:
                 landmarks68=to_img(geo.landmarks68[i]).astype(np.float32),
                 landmarks105=to_img(geo.landmarks105[i]).astype(np.float32),
                 box=np.asarray(boxes[i], np.float32), score=float(scores[i]),
-                head_pose=head_pose_degrees(out["pose"][i]), crop_matrix=tr.matrix.copy(),
+                head_pose=head_pose_degrees(out["pose"][i], crop_roll_degrees(tr.matrix)),
+                crop_matrix=tr.matrix.copy(),
                 faces=self.face_model.faces, track_id=-1 if track_ids is None else int(track_ids[i]),
                 engine=self.engine))
         t["decode"] = t.get("decode", 0.0) + (t1 - t0) * 1e3

@@ -50,20 +50,35 @@ class Params:
         return {k: getattr(self, k)[None] for k in PARAM_WIDTHS}
 
 
-def head_pose_degrees(pose: np.ndarray) -> np.ndarray:
+def head_pose_degrees(pose: np.ndarray, crop_roll_deg: float = 0.0) -> np.ndarray:
     """``(yaw, pitch, roll)`` degrees from an axis-angle global rotation ``(3,)``.
 
     Convention: ``R = Ry(yaw) @ Rx(pitch) @ Rz(roll)`` in the model frame. Yaw > 0 turns the face
     toward the image right (the subject's left); pitch > 0 tilts the face down (chin toward the
     chest); roll > 0 tilts the head counter-clockwise as seen in the image.
+
+    ``pose`` is what the encoder sees, i.e. relative to its crop; ``crop_roll_deg`` is the crop's
+    own counter-clockwise rotation in the image (:func:`crop_roll_degrees`), composed in so that
+    the angles describe the head in the image.
     """
     from .face_model.model import rodrigues
 
     R = rodrigues(np.asarray(pose, np.float32)[None])[0].astype(np.float64)
+    if crop_roll_deg:
+        a = np.radians(crop_roll_deg)
+        Rz = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+        R = Rz @ R
     pitch = np.arcsin(np.clip(-R[1, 2], -1.0, 1.0))
     yaw = np.arctan2(R[0, 2], R[2, 2])
     roll = np.arctan2(R[1, 0], R[1, 1])
     return np.degrees([yaw, pitch, roll]).astype(np.float32)
+
+
+def crop_roll_degrees(crop_matrix: np.ndarray) -> float:
+    """Counter-clockwise rotation (degrees, as seen in the image) of the square that a 2x3
+    image -> crop affine cuts out: 0 for an upright crop."""
+    m = np.asarray(crop_matrix, np.float64)
+    return float(np.degrees(np.arctan2(m[1, 0], m[0, 0])))
 
 
 @dataclass

@@ -120,3 +120,14 @@ def test_box_mappings():
     # turning toward the image right moves the 478-box centre left of the 105-box centre
     assert (turned[0] + turned[2]) / 2 < (frontal[0] + frontal[2]) / 2
     assert turned[2] - turned[0] > frontal[2] - frontal[0]
+
+
+def test_head_pose_is_reported_in_the_image_frame_for_rotated_crops():
+    from smirk_edge.crop import transform_from_square
+    from smirk_edge.results import crop_roll_degrees, head_pose_degrees
+
+    t = transform_from_square(np.array([100.0, 100.0]), 80.0, 224, 30.0)
+    assert crop_roll_degrees(t.matrix) == pytest.approx(30.0)
+    pose = np.array([0.0, 0.0, np.radians(-10.0)], np.float32)  # rolled 10 deg clockwise within the crop
+    np.testing.assert_allclose(head_pose_degrees(pose), [0, 0, -10], atol=1e-3)
+    np.testing.assert_allclose(head_pose_degrees(pose, crop_roll_degrees(t.matrix)), [0, 0, 20], atol=1e-3)

@@ -44,8 +44,11 @@ def _real_crops(shared_data, n=12):
     return np.concatenate([preprocess(im, [crop_from_box([30, 30, 170, 180], 1.2)]) for im in images])
 
 
-def test_no_default_bundle_yet_is_a_clear_error():
-    with pytest.raises(BundleError, match="no default model"):
+def test_a_missing_default_bundle_is_a_clear_error(monkeypatch, tmp_path):
+    import smirk_edge.reconstructor as r
+
+    monkeypatch.setattr(r, "default_bundle_path", lambda: tmp_path / "default_bundle")
+    with pytest.raises(BundleError, match="embedded default model is missing"):
         Reconstructor()
 
 

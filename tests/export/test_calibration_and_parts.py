@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,3 +147,22 @@ def test_export_cli_arguments(capsys):
         export_main(["--checkpoint", "x.pt", "-o", "out", "--calib", ".", "--precisions", "fp64"])
     assert export_main(["--checkpoint", "missing.pt", "-o", "out", "--calib", "."]) == 1
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_jittered_crops_of_the_shipped_portrait_are_varied_and_seeded():
+    from importlib import resources
+
+    from smirk_edge.errors import InputError
+    from smirk_edge.export.calibration import jittered_crops
+
+    photo = Path(str(resources.files("smirk_edge.assets"))) / "examples" / "astronaut.jpg"
+    a = jittered_crops([photo], per_image=4, seed=3)
+    b = jittered_crops([photo], per_image=4, seed=3)
+    assert len(a) == 4 and a.sources == [f"astronaut.jpg#{k}" for k in range(4)]
+    np.testing.assert_array_equal(a.crops, b.crops)
+    assert all(np.abs(a.crops[0].astype(int) - a.crops[k]).mean() > 5 for k in (1, 2, 3)), "crops must differ"
+    # the plain crop has the face in the middle: skin tones dominate the centre patch
+    centre = a.crops[0][80:144, 80:144].reshape(-1, 3).mean(0)
+    assert centre[2] > centre[0], "the centre of the first crop is the (reddish) face, not the background"
+    with pytest.raises(InputError, match="cannot read"):
+        jittered_crops([photo.with_name("missing.jpg")])

@@ -1,0 +1,114 @@
+"""The embedded default model: what ships, that it is intact, and that it reconstructs a real photo."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from smirk_edge.bundle import Bundle
+from smirk_edge.reconstructor import default_bundle_path
+
+MAX_BYTES = 30 * 1000 * 1000  # the package's whole default bundle
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Bundle:
+    return Bundle(default_bundle_path())
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    from smirk_edge.benchmarks.stress_sheet import example_photo
+
+    img = cv2.imread(str(example_photo()), cv2.IMREAD_COLOR)
+    assert img is not None and img.shape == (512, 512, 3)
+    return img
+
+
+def test_default_bundle_is_complete_intact_and_small(bundle):
+    bundle.verify_all()  # every file against its sha256
+    root = default_bundle_path()
+    total = sum(p.stat().st_size for p in root.iterdir() if p.is_file())
+    assert total < MAX_BYTES, f"default bundle is {total / 1e6:.1f} MB"
+    man = json.loads((root / "manifest.json").read_text())
+    have = {(a["kind"], a["role"], a["precision"]) for a in man["artifacts"]}
+    for need in [("onnx", "encoder", "fp32"), ("openvino-ir", "encoder", "int8"), ("onnx", "fused", "int8"), ("face-model", "face_model", None), ("golden", "golden", None),
+                 ("model-card", "model_card", None)]:
+        assert need in have, need
+    assert sum(a["role"] == "detector" for a in man["artifacts"]) == 2
+    for a in man["artifacts"]:
+        acc = a.get("attrs", {}).get("accuracy")
+        if acc is not None:
+            assert acc["passed"] and not a["attrs"].get("degraded"), (a["name"], acc)
+            assert acc["crops"] >= 200, "gated on at least 200 held-back real crops"
+
+
+def test_int8_artifacts_record_their_mixed_precision(bundle):
+    seen = 0
+    for a in bundle.artifacts:
+        if a.precision == "int8" and a.role in ("encoder", "fused"):
+            seen += 1
+            mp = a.attrs["quantization"]["mixed_precision"]
+            assert mp["tried"][-1]["rung"] == mp["rung"] and mp["tried"][0]["rung"] == "all-int8"
+            assert mp["selection_metrics"]["lmk_mean_px"] <= 0.5
+            # a rung that missed the bounds on the selection crops still had to pass the gate
+            assert mp["passed"] or a.attrs["accuracy"]["passed"]
+    assert seen == 2
+
+
+def test_golden_crops_are_of_the_public_domain_portrait(bundle):
+    root = default_bundle_path()
+    with np.load(root / "golden.npz", allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        n = len(z["crops"])
+    assert n >= 4 and len(meta["sources"]) == n
+    assert all(s.startswith("astronaut.jpg#") for s in meta["sources"]), "no crop of the training photos may ship"
+
+
+def test_model_card_states_terms_evaluation_and_failures(bundle):
+    card = (default_bundle_path() / "MODEL_CARD.md").read_text()
+    for needle in ("non-commercial research only", "## Evaluation", "## Known failure cases", "## Data",
+                   "H100", "3.28 %", "2.69 %", "# Export"):
+        assert needle in card, needle
+
+
+def test_reconstructor_default_reconstructs_the_astronaut(astronaut):
+    pytest.importorskip("onnxruntime")
+    from smirk_edge import Reconstructor
+
+    rec = Reconstructor()
+    faces = rec(astronaut)
+    assert len(faces) == 1
+    f = faces[0]
+    lm = f.landmarks68
+    x0, y0 = lm.min(0)
+    x1, y1 = lm.max(0)
+    # the face of the portrait spans about x 165-290, y 40-190 (checked by eye on the overlay)
+    assert 140 < x0 < 200 and 260 < x1 < 320 and 20 < y0 < 90 and 160 < y1 < 215, (x0, y0, x1, y1)
+    nose_tip, chin = lm[30], lm[8]
+    assert chin[1] > nose_tip[1] > lm[27][1], "nose bridge above nose tip above chin"
+    assert abs(f.head_pose[0]) < 20 and abs(f.head_pose[2]) < 15, f.head_pose
+    assert f.params.jaw[0] < 0.2, "a closed-mouth smile"
+
+
+def test_int8_and_fp32_agree_on_the_astronaut(astronaut):
+    pytest.importorskip("onnxruntime")
+    from smirk_edge import Reconstructor
+
+    a = Reconstructor(backend="onnxruntime", precision="fp32", refine=False)(astronaut)[0]
+    int8 = Reconstructor(backend="onnxruntime", precision="int8", refine=False)
+    assert "int8" in int8.engine, int8.engine  # the fused int8 graph stands in for the encoder
+    b = int8(astronaut)[0]
+    d = np.linalg.norm(a.landmarks68 - b.landmarks68, axis=1)
+    assert d.mean() < 1.5 and d.max() < 5, (d.mean(), d.max())  # 512 px photo, face ~130 px wide
+
+
+def test_openvino_int8_matches_golden(bundle):
+    pytest.importorskip("openvino")
+    from smirk_edge.export.golden import selftest
+
+    rows = selftest(default_bundle_path(), backend="openvino", precision="int8")
+    assert rows and all(r.passed for r in rows), [(r.name, r.failures) for r in rows]
