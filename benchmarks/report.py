@@ -496,7 +496,9 @@ def markdown(rows: Sequence[dict], plots: dict[str, str] | None = None, title: s
     """The Markdown report of ``rows`` (``plots``: name -> relative path of the PNGs to link)."""
     runs = sorted({str(r.get("run_id")) for r in rows})
     inv = [r.get("invocation") for r in rows if isinstance(r.get("invocation"), dict)]
-    argvs = sorted({" ".join(i.get("argv") or []) for i in inv})
+    # argv as recorded; `python -m smirk_edge.benchmarks bench ...` records the subcommand itself
+    argvs = sorted({" ".join((i.get("argv") or [])[1:] if (i.get("argv") or [""])[0] == "bench"
+                             else (i.get("argv") or [])) for i in inv})
     argvs = [f"benchmarks/gpu_entry.sh {a[len('--gpu'):].strip()}".strip() if a.startswith("--gpu") else
              f"smirk-edge bench {a}".strip() for a in argvs]
     parts = [f"# {title}", "",

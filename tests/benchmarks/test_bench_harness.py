@@ -173,3 +173,13 @@ def test_harness_writes_every_output(tiny_bundle, tmp_path):
         assert (out / "plots" / report.PLOT_FILES["stages"]).is_file()
     else:
         assert "Plots skipped" in md
+
+
+def test_report_names_each_invocation_once_without_the_subcommand():
+    rows = [{"run_id": "r1", "invocation": {"argv": ["bench", "--quick", "-o", "out"]}},
+            {"run_id": "r1", "invocation": {"argv": ["--quick", "-o", "out"]}},
+            {"run_id": "r2", "invocation": {"argv": ["--gpu", "--quick"]}}]
+    text = report.markdown(rows)
+    assert "`smirk-edge bench --quick -o out`" in text and "bench bench" not in text
+    assert text.count("smirk-edge bench --quick -o out") == 1
+    assert "`benchmarks/gpu_entry.sh --quick`" in text
