@@ -233,7 +233,7 @@ def run_encoder(cfg: dict) -> list[dict]:
     _set_threads(cfg.get("threads"))
     frames, boxes, _ = load_inputs(cfg["inputs"])
     bundle = Bundle(cfg["bundle"])
-    encs = bundle.find(role="encoder")
+    encs = bundle.encoders()
     recs = [registry.Artifact(a.kind, a.precision, a.name) for a in encs]
     sel = registry.select_engine(recs, preferred=cfg["engine"], precision=cfg["precision"])
     art = bundle.get(sel.artifact.path)

@@ -155,6 +155,14 @@ class Bundle:
         return [a for a in self.artifacts if (role is None or a.role == role) and (kind is None or a.kind == kind)
                 and (precision is None or a.precision == precision)]
 
+    def encoders(self) -> list[Artifact]:
+        """Artifacts that can run as the encoder: every ``encoder``, plus each ``fused`` graph (it
+        returns the six parameters too) of a kind and precision no plain encoder has. The default
+        bundle ships its ONNX int8 model only fused, to stay small."""
+        encs = self.find(role="encoder")
+        have = {(a.kind, a.precision) for a in encs}
+        return encs + [a for a in self.find(role="fused") if (a.kind, a.precision) not in have]
+
     def get(self, name: str) -> Artifact:
         for a in self.artifacts:
             if a.name == name:

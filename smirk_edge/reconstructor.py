@@ -122,12 +122,7 @@ class Reconstructor:
             raise BundleError(f"bundle {self.bundle.root} has no face model artifact")
         self.face_model = FaceModel.load(self.bundle.main_path(fm[0]).read_bytes())
 
-        encoders = self.bundle.find(role="encoder")
-        # a fused graph (encoder + face model) returns the six parameters too: it stands in for an
-        # encoder of a kind/precision the bundle has no plain encoder of (the default bundle ships
-        # its int8 ONNX only as fused.int8.onnx, to stay small); its geometry outputs are unused
-        have = {(a.kind, a.precision) for a in encoders}
-        encoders += [a for a in self.bundle.find(role="fused") if (a.kind, a.precision) not in have]
+        encoders = self.bundle.encoders()  # fused graphs stand in for missing encoders; geometry outputs unused
         if not encoders:
             raise BundleError(f"bundle {self.bundle.root} has no encoder artifact")
         # artifacts made only for building TensorRT engines are never run directly; artifacts that

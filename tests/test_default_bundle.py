@@ -112,3 +112,9 @@ def test_openvino_int8_matches_golden(bundle):
 
     rows = selftest(default_bundle_path(), backend="openvino", precision="int8")
     assert rows and all(r.passed for r in rows), [(r.name, r.failures) for r in rows]
+
+
+def test_fused_int8_stands_in_for_the_missing_int8_onnx_encoder(bundle):
+    names = {a.name: (a.kind, a.precision) for a in bundle.encoders()}
+    assert names == {"encoder.onnx": ("onnx", "fp32"), "encoder.int8.xml": ("openvino-ir", "int8"),
+                     "fused.int8.onnx": ("onnx", "int8")}
