@@ -23,7 +23,7 @@ import numpy as np
 from . import camera
 from .bundle import Bundle
 from .crop import (CROP_SIZE, DEFAULT_SCALE, DETECTOR_TO_LANDMARK_BOX, LANDMARK105_TO_LANDMARK_BOX, BoxMapping,  # noqa: F401
-                   CropTransform, crop_from_box, preprocess)
+                   CropTransform, crop_from_box, preprocess, square_from_box, transform_from_square)
 from .errors import BundleError, SmirkEdgeError
 from .face_model import FaceModel
 from .face_model.model import rodrigues, yaw_degrees
@@ -91,6 +91,10 @@ class Reconstructor:
         threads: engine threads (None = engine default).
         smoothing: One-Euro parameters for :meth:`stream`.
         redetect_every: in :meth:`stream`, run the detector every N frames even while tracking.
+        align_roll: a face rolled more than this many degrees in the image (from the detector's
+            eye keypoints, then from the first pass's head pose) gets a crop rotated upright, as
+            the encoder was trained on crops within +-10 degrees; None keeps every crop upright.
+            Tracking in :meth:`stream` keeps upright crops.
 
     Concurrency: calls on one Reconstructor are serialised by an internal lock, so sharing one
     between threads is safe but not parallel. For parallel work give each thread its own
@@ -101,7 +105,8 @@ class Reconstructor:
                  precision: str | None = None, device: str | None = None, refine: bool = True,
                  max_faces: int = 8, crop_scale: float = DEFAULT_SCALE, detector: str = "auto",
                  score_threshold: float = 0.5, threads: int | None = None,
-                 smoothing: OneEuroConfig = OneEuroConfig(), redetect_every: int = 15):
+                 smoothing: OneEuroConfig = OneEuroConfig(), redetect_every: int = 15,
+                 align_roll: float | None = 15.0):
         from .runtimes import registry
 
         if max_faces < 1:
@@ -112,6 +117,7 @@ class Reconstructor:
         self.refine = refine
         self.max_faces = max_faces
         self.crop_scale = crop_scale
+        self.align_roll = None if align_roll is None else float(align_roll)
         self.smoothing = smoothing
         self.redetect_every = max(1, int(redetect_every))
         self.timings: dict[str, float] = {}
@@ -240,19 +246,31 @@ class Reconstructor:
         order = np.argsort(-((det.boxes[:, 2] - det.boxes[:, 0]) * (det.boxes[:, 3] - det.boxes[:, 1])))
         order = order[: self.max_faces]
         boxes = np.array([DETECTOR_TO_LANDMARK_BOX.apply(b) for b in det.boxes[order]]).reshape(-1, 4)
-        return boxes, det.scores[order]
+        eyes = det.keypoints[order][:, 1] - det.keypoints[order][:, 0]  # subject's right eye -> left eye
+        rolls = np.degrees(np.arctan2(-eyes[:, 1], eyes[:, 0])) if len(order) else np.zeros(0)
+        return boxes, det.scores[order], rolls
+
+    def _crop(self, box: np.ndarray, roll: float = 0.0) -> CropTransform:
+        """SMIRK's crop of a landmark box, rotated upright when the face is rolled past ``align_roll``."""
+        if self.align_roll is None or abs(roll) < self.align_roll:
+            return crop_from_box(box, self.crop_scale)
+        centre, side = square_from_box(box, self.crop_scale)
+        return transform_from_square(centre, side, CROP_SIZE, float(roll))
 
     def _faces_from(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, t: dict,
-                    refine: bool, track_ids: Sequence[int] | None = None) -> tuple[list[Face], list]:
-        transforms = [crop_from_box(b, self.crop_scale) for b in boxes]
+                    refine: bool, track_ids: Sequence[int] | None = None,
+                    rolls: Sequence[float] | None = None) -> tuple[list[Face], list]:
+        rolls = np.zeros(len(boxes)) if rolls is None else np.asarray(rolls, np.float64)
+        transforms = [self._crop(b, r) for b, r in zip(boxes, rolls)]
         out = self._encode_crops(image, transforms, t)
         if refine and transforms:
             t0 = time.perf_counter()
             boxes105 = self._predicted_boxes(out, transforms)
             yaws = yaw_degrees(rodrigues(out["pose"]))
+            rolls = [head_pose_degrees(p, crop_roll_degrees(tr.matrix))[2] for p, tr in zip(out["pose"], transforms)]
             t["decode"] = t.get("decode", 0.0) + (time.perf_counter() - t0) * 1e3
-            transforms = [crop_from_box(LANDMARK105_TO_LANDMARK_BOX.apply(b, y), self.crop_scale)
-                          for b, y in zip(boxes105, yaws)]
+            transforms = [self._crop(LANDMARK105_TO_LANDMARK_BOX.apply(b, y), r)
+                          for b, y, r in zip(boxes105, yaws, rolls)]
             out = self._encode_crops(image, transforms, t)
         return self._assemble(out, transforms, boxes, scores, t, track_ids), transforms
 
@@ -311,8 +329,8 @@ class Reconstructor:
         t: dict[str, float] = {}
         img = load_image(image) if isinstance(image, (str, os.PathLike)) else as_bgr_uint8(image)
         t["decode_image"] = (time.perf_counter() - t_start) * 1e3
-        boxes, scores = self._landmark_boxes(img, t)
-        faces, _ = self._faces_from(img, boxes, scores, t, self.refine)
+        boxes, scores, rolls = self._landmark_boxes(img, t)
+        faces, _ = self._faces_from(img, boxes, scores, t, self.refine, rolls=rolls)
         t["total"] = (time.perf_counter() - t_start) * 1e3
         self.timings = t
         for f in faces:
@@ -402,7 +420,7 @@ class _Tracker:
         img = as_bgr_uint8(frame)
         h, w = img.shape[:2]
         if not self.tracks or index % rec.redetect_every == 0:
-            boxes, scores = rec._landmark_boxes(img, t)
+            boxes, scores, _ = rec._landmark_boxes(img, t)
             self._match(boxes)
         if not self.tracks:
             t["total"] = (time.perf_counter() - t_start) * 1e3

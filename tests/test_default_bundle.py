@@ -118,3 +118,20 @@ def test_fused_int8_stands_in_for_the_missing_int8_onnx_encoder(bundle):
     names = {a.name: (a.kind, a.precision) for a in bundle.encoders()}
     assert names == {"encoder.onnx": ("onnx", "fp32"), "encoder.int8.xml": ("openvino-ir", "int8"),
                      "fused.int8.onnx": ("onnx", "int8")}
+
+
+def test_a_rolled_face_gets_an_upright_crop(astronaut):
+    pytest.importorskip("onnxruntime")
+    from smirk_edge import Reconstructor
+    from smirk_edge.benchmarks.stress_sheet import _rotate
+
+    upright = Reconstructor()(astronaut)[0]
+    rec = Reconstructor()
+    f = rec(_rotate(astronaut, 45))[0]  # counter-clockwise
+    v = f.landmarks68[45] - f.landmarks68[36]  # outer eye corners, image left -> right
+    eye_line = np.degrees(np.arctan2(-v[1], v[0]))
+    expected = 45 + upright.head_pose[2]
+    assert abs(eye_line - expected) < 8, (eye_line, expected)
+    assert abs(f.head_pose[2] - expected) < 8, "head_pose roll is in the image frame"
+    off = Reconstructor(align_roll=None)(_rotate(astronaut, 45))[0]
+    assert abs(off.head_pose[2] - expected) > abs(f.head_pose[2] - expected), "alignment is what helps"
