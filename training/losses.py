@@ -39,7 +39,7 @@ import difflib
 import math
 import os
 from dataclasses import asdict, dataclass, fields
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +98,17 @@ class SyntheticWeights:
     #: face by pixels; its data components by a fraction of one, and an L1 on what a render cannot
     #: show only adds gradient noise.
     expression_slots: int = 0
+    #: squared-error weights on the same expression slots and on the raw eyelids, added to the L1
+    #: terms above. An L1 alone regresses to the median: a slot that is active in fewer than half of
+    #: the renders (every named one) stays at exactly 0 until the encoder is sure of it, which is how
+    #: the one-sided slots of the first default model collapsed. The squared error regresses to the
+    #: mean and pulls hardest where the error is largest.
+    expression_l2: float = 0.0
+    eyelid_l2: float = 0.0
+    #: squared error of the left-minus-right difference of each left/right slot pair (and of the two
+    #: eyelids) against the rendered one: it rewards the correct side even while the slot's size is
+    #: still uncertain. Needs ``lr_pairs`` in :func:`synthetic_param_loss`.
+    lr_pairs: float = 0.0
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, float]) -> "SyntheticWeights":
@@ -277,10 +288,15 @@ def shape_supervision_loss(shape: torch.Tensor, shape_other: torch.Tensor | None
 
 
 def synthetic_param_loss(pred: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
-                         weights: SyntheticWeights = SyntheticWeights()) -> torch.Tensor:
-    """Parameter L1 on synthetic faces: what the encoder predicts from a render vs the parameters it
-    was rendered from (``expression``, ``jaw``, ``eyelid``, ``pose`` as axis-angle; keys missing from
-    ``pred`` are skipped, e.g. ``pose`` in stage 2 where only the expression branch learns).
+                         weights: SyntheticWeights = SyntheticWeights(),
+                         lr_pairs: Sequence[tuple[int, int]] = ()) -> torch.Tensor:
+    """Parameter loss on synthetic faces: what the encoder predicts from a render vs the parameters
+    it was rendered from (``expression``, ``jaw``, ``eyelid``, ``pose`` as axis-angle; keys missing
+    from ``pred`` are skipped, e.g. ``pose`` in stage 2 where only the expression branch learns).
+
+    L1 per parameter group, plus the optional squared-error terms of :class:`SyntheticWeights`
+    (``expression_l2``, ``eyelid_l2``) and the left/right difference term (``lr_pairs`` weight,
+    over the given expression slot pairs ``(left, right)`` and the eyelid pair).
 
     This is what ties the face model's named slots to what they look like: landmarks alone let a
     one-sided smile be spread over any mix of components, the renders of a left-only slot do not.
@@ -288,11 +304,9 @@ def synthetic_param_loss(pred: Mapping[str, torch.Tensor], target: Mapping[str, 
     ``eyelid_raw`` / ``jaw_raw`` (the encoder adds them in training mode): a clamped output has no
     gradient, and an eyelid stuck below 0 would never learn to close.
     """
-    total = None
-    for k in ("expression", "jaw", "eyelid", "pose"):
-        w = getattr(weights, k)
-        if not w or k not in pred:
-            continue
+    terms: list[torch.Tensor] = []
+
+    def pair(k: str) -> tuple[torch.Tensor, torch.Tensor]:
         if k not in target:
             raise InputError(f"synthetic_param_loss needs the ground-truth '{k}'")
         p, t = pred.get(f"{k}_raw", pred[k]), target[k]
@@ -301,11 +315,33 @@ def synthetic_param_loss(pred: Mapping[str, torch.Tensor], target: Mapping[str, 
         if p.shape != t.shape:
             raise InputError(f"synthetic_param_loss: '{k}' shapes differ: {tuple(p.shape)} vs "
                              f"{tuple(target[k].shape)}")
-        term = w * F.l1_loss(p, t.detach())
-        total = term if total is None else total + term
-    if total is None:
+        return p, t.detach()
+
+    for k in ("expression", "jaw", "eyelid", "pose"):
+        w = getattr(weights, k)
+        if w and k in pred:
+            p, t = pair(k)
+            terms.append(w * F.l1_loss(p, t))
+    for k, w in (("expression", weights.expression_l2), ("eyelid", weights.eyelid_l2)):
+        if w and k in pred:
+            p, t = pair(k)
+            terms.append(w * F.mse_loss(p, t))
+    if weights.lr_pairs and ("expression" in pred or "eyelid" in pred):
+        diffs_p, diffs_t = [], []
+        if "expression" in pred and lr_pairs:
+            p, t = pair("expression")
+            idx = torch.tensor([ab for ab in lr_pairs if max(ab) < p.shape[1]], dtype=torch.long, device=p.device)
+            if len(idx):
+                diffs_p.append(p[:, idx[:, 0]] - p[:, idx[:, 1]])
+                diffs_t.append(t[:, idx[:, 0]] - t[:, idx[:, 1]])
+        if "eyelid" in pred:
+            p, t = pair("eyelid")
+            diffs_p.append(p[:, :1] - p[:, 1:2])
+            diffs_t.append(t[:, :1] - t[:, 1:2])
+        terms.append(weights.lr_pairs * F.mse_loss(torch.cat(diffs_p, 1), torch.cat(diffs_t, 1)))
+    if not terms:
         raise InputError("synthetic_param_loss: no parameter to supervise (all weights 0 or keys missing)")
-    return total
+    return torch.stack(terms).sum()
 
 
 def cycle_loss(recon: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],

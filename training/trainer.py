@@ -173,9 +173,11 @@ class Trainer:
         self.weights = L.LossWeights.from_mapping(config.loss.weights, stage=self.stage)
         self.synthetic_weights = L.SyntheticWeights.from_mapping(config.loss.synthetic)
         self.synth = None
+        self.synth_lr_pairs: tuple = ()
         if config.loss.synthetic_batch > 0:
-            from .synthetic import SyntheticFaces
+            from .synthetic import STANDIN_LR_PAIRS, SyntheticFaces
 
+            self.synth_lr_pairs = STANDIN_LR_PAIRS  # the pairs the sampler makes one-sided
             self.synth = SyntheticFaces(config.model.face_model, config.data.image_size, self.device)
         self.cycle_weights = L.CycleWeights.from_mapping(config.loss.cycle)
         self.shape_weights = L.ShapeSupervisionWeights.from_mapping(config.loss.shape_supervision)
@@ -379,7 +381,7 @@ class Trainer:
 
         lt, _ = self._landmark_terms(out, syn)
         return {"landmark_synthetic": lt["landmark_contour"] + lt["landmark_mediapipe"],
-                "synthetic": L.synthetic_param_loss(out, syn["params"], self.synthetic_weights)}
+                "synthetic": L.synthetic_param_loss(out, syn["params"], self.synthetic_weights, self.synth_lr_pairs)}
 
     def stage1_losses(self, b: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Unweighted stage-1 loss terms of a device batch (images flattened to ``(B*V, 3, S, S)``)."""
@@ -429,7 +431,8 @@ class Trainer:
         params = self._f32({**fixed, **ex})
         terms, geo = self._landmark_terms(params, b)
         if syn is not None:
-            terms["synthetic"] = L.synthetic_param_loss(ex_syn, syn["params"], self.synthetic_weights)
+            terms["synthetic"] = L.synthetic_param_loss(ex_syn, syn["params"], self.synthetic_weights,
+                                                        self.synth_lr_pairs)
         terms["jaw_reg"] = L.l2_regularizer(params["jaw"])
         terms["expression_reg"] = L.l2_regularizer(params["expression"])
         cam = params["cam"]

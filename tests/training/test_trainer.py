@@ -245,3 +245,57 @@ def test_synthetic_eyelid_loss_reaches_a_clamped_eyelid():
     pred = {"expression": torch.zeros(1, 50)}
     assert float(synthetic_param_loss(pred, {"expression": torch.cat([torch.zeros(1, 16), torch.ones(1, 34)], 1)},
                                       w)) == 0.0, "slots past expression_slots are not supervised"
+
+
+def test_squared_synthetic_terms_escape_the_l1_median():
+    """A slot active (1.5) in 30 % of the renders: an L1 alone settles on the median, 0, for an
+    encoder that cannot yet tell; the squared term moves it to the mean (0.45), so the slot and its
+    gradient stay alive. This is what kept the first default model's one-sided slots at 0."""
+    from smirk_edge.training.losses import SyntheticWeights, synthetic_param_loss
+
+    g = torch.Generator().manual_seed(0)
+    gt = torch.zeros(200, 16)
+    gt[:60] = 1.5
+    gt = gt[torch.randperm(200, generator=g)]
+    ends = {}
+    for name, w in (("l1", SyntheticWeights(jaw=0, eyelid=0, pose=0)),
+                    ("l1+l2", SyntheticWeights(jaw=0, eyelid=0, pose=0, expression_l2=2.0))):
+        c = torch.zeros(1, 50, requires_grad=True)  # one prediction for every render
+        opt = torch.optim.Adam([c], lr=0.02)
+        for _ in range(400):
+            opt.zero_grad()
+            pred = {"expression": c.expand(200, 50)}
+            synthetic_param_loss(pred, {"expression": torch.cat([gt, torch.zeros(200, 34)], 1)}, w).backward()
+            opt.step()
+        ends[name] = float(c.detach()[0, :16].mean())
+    assert abs(ends["l1"]) < 0.05, ends
+    assert 0.25 < ends["l1+l2"] < 0.5, ends
+
+
+def test_lr_pair_term_rewards_the_right_side():
+    from smirk_edge.errors import InputError
+    from smirk_edge.training.losses import SyntheticWeights, synthetic_param_loss
+    from smirk_edge.training.synthetic import STANDIN_LR_PAIRS
+
+    w = SyntheticWeights(expression=0, jaw=0, eyelid=0, pose=0, lr_pairs=1.0)
+    gt = {"expression": torch.zeros(1, 50), "eyelid": torch.tensor([[1.0, 0.0]])}  # left wink
+    gt["expression"][0, 8] = 1.5                                                     # left smirk
+
+    def loss(e8, e9, lids):
+        e = torch.zeros(1, 50)
+        e[0, 8], e[0, 9] = e8, e9
+        return float(synthetic_param_loss({"expression": e, "eyelid": torch.tensor([lids])}, gt, w,
+                                          STANDIN_LR_PAIRS))
+
+    right, symmetric, wrong = loss(1.5, 0, [1.0, 0.0]), loss(0.7, 0.7, [0.5, 0.5]), loss(0, 1.5, [0.0, 1.0])
+    assert right == 0.0 < symmetric < wrong
+    # same difference, different size: the pair term sees only the side (the L1/L2 terms see the size)
+    assert loss(2.0, 0.5, [1.0, 0.0]) == pytest.approx(0.0)
+    # pairs past the predicted width are skipped rather than indexing out of range
+    assert synthetic_param_loss({"expression": torch.zeros(1, 8), "eyelid": torch.zeros(1, 2)},
+                                {"expression": torch.zeros(1, 8), "eyelid": torch.zeros(1, 2)}, w,
+                                STANDIN_LR_PAIRS) == 0.0
+    with pytest.raises(InputError, match="must be finite and >= 0"):
+        SyntheticWeights.from_mapping({"lr_pairs": -1})
+    with pytest.raises(InputError, match="did you mean 'lr_pairs'"):
+        SyntheticWeights.from_mapping({"lr_pair": 1})
