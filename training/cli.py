@@ -151,6 +151,11 @@ def evaluate_add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="N synthetic faces: parameter/vertex error and left-right accuracy (checkpoint only)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N annotated faces for the NME")
+    p.add_argument("--landmarks68", action="append", default=[], metavar="DIR[:SUBSET]",
+                   help="a 300-W folder with human 68-point annotations (e.g. ../shared/data/landmarks68/afw): "
+                        "68-point NME overall and per yaw bin; :SUBSET keeps one part of --landmarks68-split "
+                        "(repeatable; needs --annotations made over a root that contains the folder)")
+    p.add_argument("--landmarks68-split", metavar="JSON", help="split file for DIR:SUBSET above")
     p.add_argument("--face-model", metavar="NPZ", help="face model (default: the stand-in)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--out", metavar="DIR", help="write eval.json and contact_sheet.png here")
@@ -163,7 +168,8 @@ def evaluate_run(args: argparse.Namespace) -> int:
     rep = evaluate(checkpoint=args.checkpoint, bundle=args.bundle, annotations=args.annotations, shards=args.shards,
                    image_root=args.data, split=args.split, subset=args.subset, expressive_csv=args.expressive_csv,
                    synthetic=args.synthetic, limit=args.limit, out_dir=args.out, device=args.device,
-                   face_model=args.face_model, progress=lambda s: print(s, file=sys.stderr))
+                   face_model=args.face_model, progress=lambda s: print(s, file=sys.stderr),
+                   landmarks68=args.landmarks68, landmarks68_split=args.landmarks68_split)
     print(json.dumps(rep, indent=1))
     return 0
 
@@ -178,6 +184,9 @@ def pack_add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="shard folder to write")
     p.add_argument("--include", action="append", default=[], metavar="PREFIX",
                    help="only names starting with PREFIX, e.g. expressive/ (repeatable)")
+    p.add_argument("--landmarks68", default=None, metavar="DIR",
+                   help="a 300-W folder (NAME.jpg + NAME.json, e.g. ../shared/data/landmarks68/helen_train): "
+                        "pack its annotated faces with their human 68 points")
     p.add_argument("--split", default=None, metavar="JSON", help="only the names of one part of a split file")
     p.add_argument("--subset", default="train")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N faces (after --shuffle-seed)")
@@ -200,10 +209,13 @@ def pack_run(args: argparse.Namespace) -> int:
     """Write shards (and optionally a split); prints a JSON summary."""
     import numpy as np
 
+    from .annotate import read_index
     from .data import (make_split, pack_shards, read_split, subjects_from_csv, table_from_annotations,
-                       write_split)
+                       with_annotated_68, write_split)
 
     table = table_from_annotations(args.annotations, args.data)
+    if args.landmarks68:
+        table = with_annotated_68(table, args.landmarks68, args.data or read_index(args.annotations)["root"])
     keep = np.ones(len(table), bool)
     if args.include:
         keep &= np.array([any(str(n).startswith(p) for p in args.include) for n in table.names], bool)

@@ -43,6 +43,9 @@ class SourceConfig:
     ``weight``: relative sampling probability of this source in the mixture (per source, not per
     image). ``split`` + ``subset``: keep only the names listed under ``subset`` in a split file.
     ``limit``: keep at most this many faces (first ones in name order).
+    ``landmarks68`` (``folder`` only): a 300-W folder (``NAME.jpg`` + ``NAME.json``, e.g.
+    ``../shared/data/landmarks68/helen_train``): keep the annotated faces in it and train on their
+    human 68 points (``real68``) besides the MediaPipe ones.
     """
 
     kind: str = "folder"
@@ -54,6 +57,7 @@ class SourceConfig:
     limit: int | None = None
     size: int = 1000
     name: str | None = None
+    landmarks68: str | None = None
 
 
 @dataclass
@@ -77,6 +81,14 @@ class CropAugmentConfig:
     channel_gain: float = 0.05
     grey: float = 0.05
     test_scale: float = 1.6
+    # ours, for the faces cameras see (training/photo_augment.py); probabilities per view, 0 = SMIRK
+    profile: float = 0.0
+    profile_max_yaw: float = 80.0
+    profile_max_pitch: float = 20.0
+    occlusion: float = 0.0
+    side_light: float = 0.0
+    blur: float = 0.0
+    low_res: float = 0.0
 
 
 @dataclass

@@ -48,7 +48,7 @@ from smirk_edge.face_model import MEDIAPIPE_105_INDICES
 
 N_MP = 478
 SHARD_FORMAT = "smirk-edge-shards"
-SHARD_VERSION = 1
+SHARD_VERSION = 2  # 2 adds depth478 (MediaPipe depth, float16 crop pixels) and real68 (annotated 68 points)
 SPLIT_FORMAT = "smirk-edge-split"
 #: Landmark quantisation in shards: ``q = round((px + OFFSET) * SCALE)`` as uint16.
 Q_OFFSET, Q_SCALE = 256.0, 32.0
@@ -84,6 +84,10 @@ class FaceTable:
         landmarks68: ``(N, 68, 2)`` float32 pixels.
         read: ``read(i) -> (H, W, 3) uint8 BGR`` image of face ``i``.
         label: a short name for logs.
+        depth478: ``(N, 478)`` float32 MediaPipe depth in the same pixels (smaller = closer), or None;
+            what 3D profiling (:func:`~smirk_edge.training.photo_augment.profile`) rotates.
+        real68: ``(N, 68)`` bool, True where ``landmarks68`` is a human annotation (300-W) rather
+            than derived from the MediaPipe mesh, or None (all derived).
     """
 
     names: np.ndarray
@@ -91,6 +95,8 @@ class FaceTable:
     landmarks68: np.ndarray
     read: Callable[[int], np.ndarray]
     label: str = "faces"
+    depth478: np.ndarray | None = None
+    real68: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -105,7 +111,9 @@ class FaceTable:
         idx = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, np.int64)
         base = self.read
         return FaceTable(self.names[idx], self.landmarks478[idx], self.landmarks68[idx],
-                         lambda i, _b=base, _m=idx: _b(int(_m[i])), self.label)
+                         lambda i, _b=base, _m=idx: _b(int(_m[i])), self.label,
+                         None if self.depth478 is None else self.depth478[idx],
+                         None if self.real68 is None else self.real68[idx])
 
 
 def _read_image(path: str) -> np.ndarray:
@@ -133,13 +141,60 @@ def table_from_annotations(annotations: str | os.PathLike, image_root: str | os.
     data = load_annotations(folder)
     found = np.asarray(data["found"], bool)
     lm478 = np.asarray(data["landmarks478"][found, 0, :, :2], np.float32)
+    depth = np.asarray(data["landmarks478"][found, 0, :, 2], np.float32)
     lm68 = np.asarray(data["landmarks68"][found, 0, :, :2], np.float32)
     names = np.asarray(data["path"][found]).astype(str)
-    ok = np.isfinite(lm478).all((1, 2)) & np.isfinite(lm68).all((1, 2))
-    names, lm478, lm68 = names[ok], lm478[ok], lm68[ok]
+    ok = np.isfinite(lm478).all((1, 2)) & np.isfinite(lm68).all((1, 2)) & np.isfinite(depth).all(1)
+    names, lm478, lm68, depth = names[ok], lm478[ok], lm68[ok], depth[ok]
     root_s = str(root)
     return FaceTable(names, lm478, lm68, lambda i: _read_image(os.path.join(root_s, str(names[i]))),
-                     label or folder.name)
+                     label or folder.name, depth)
+
+
+def read_landmarks68_file(path: str | os.PathLike) -> np.ndarray:
+    """The 68 annotated points ``(68, 2)`` of one face of ``../shared/data/landmarks68`` in 0-based
+    crop pixels (pixel centres at integers).
+
+    The JSON stores 300-W's ``.pts`` values as given, which are 1-based (Matlab) coordinates, mapped
+    into the crop by ``(orig - [x0, y0]) * scale``; the 0-based point is ``crop - scale``.
+    """
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text())
+        pts = np.asarray(d["landmarks68"], np.float64)
+        scale = float(d.get("scale", 1.0))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{p}: not a 68-point annotation file ({type(e).__name__})") from None
+    if pts.shape != (68, 2) or not np.isfinite(pts).all():
+        raise DataError(f"{p}: expected 68 finite (x, y) points, got shape {pts.shape}")
+    return (pts - scale).astype(np.float32)
+
+
+def with_annotated_68(table: FaceTable, folder: str | os.PathLike, image_root: str | os.PathLike) -> FaceTable:
+    """``table``'s faces that lie in ``folder`` (a 300-W folder of ``NAME.jpg`` + ``NAME.json``), with
+    their annotated 68 points in ``landmarks68`` and ``real68`` all True.
+
+    ``table`` comes from :func:`table_from_annotations` over a root that contains ``folder``; the
+    MediaPipe points stay (the crop box and the 105-point loss), the 68 become the human ones.
+    """
+    folder = Path(folder).resolve()
+    root = Path(image_root).resolve()
+    keep, pts = [], []
+    for i, n in enumerate(table.names):
+        full = (root / str(n)).resolve()
+        if full.parent != folder:
+            continue
+        js = full.with_suffix(".json")
+        if js.is_file():
+            keep.append(i)
+            pts.append(read_landmarks68_file(js))
+    if not keep:
+        raise DataError(f"no annotated face of {table.label} lies in {folder} (are the annotations made over "
+                        f"a root that contains it?)")
+    sub = table.select(np.asarray(keep, np.int64))
+    sub.landmarks68 = np.stack(pts)
+    sub.real68 = np.ones((len(keep), 68), bool)
+    return sub
 
 
 # ------------------------------------------------------------------------------------- splits
@@ -298,16 +353,73 @@ class FaceCropDataset:
     def crop(self, image: np.ndarray, i: int, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
         """One view of face ``i`` from its decoded ``image``: numpy arrays of the item layout."""
         S = self.size
-        cp = sample_crop(self.boxes[i], rng if self.train else None, self.augment)
-        t = transform_from_square(cp.centre, cp.side, S, cp.angle)
-        crop = t.warp(image).astype(np.float32) * (1.0 / 255.0)
-        if rng is not None and self.train:
-            crop = jitter_colour(crop, rng, self.augment)
+        aug = self.augment
+        train = rng is not None and self.train
+        cp = sample_crop(self.boxes[i], rng if self.train else None, aug)
+        lm68_src = self.table.landmarks68[i]
+        real = np.zeros(68, bool) if self.table.real68 is None else np.asarray(self.table.real68[i], bool)
+        out = None
+        if train and self.table.depth478 is not None and aug.profile > 0 and rng.random() < aug.profile:
+            out = self._profiled(image, i, cp, rng)  # None when the face is turned too far already
+        if out is not None:
+            crop, lm478_px, lm68_px, real = out
+        else:
+            t = transform_from_square(cp.centre, cp.side, S, cp.angle)
+            crop = t.warp(image).astype(np.float32) * (1.0 / 255.0)
+            lm478_px = t.to_crop(self.table.landmarks478[i])
+            lm68_px = t.to_crop(lm68_src)
+        if train:
+            from .photo_augment import occlude_and_degrade
+
+            crop = occlude_and_degrade(crop, lm478_px, rng, aug)
+            crop = jitter_colour(crop, rng, aug)
         rgb = np.ascontiguousarray(crop[..., ::-1].transpose(2, 0, 1))
-        lm478 = crop_px_to_ndc(t.to_crop(self.table.landmarks478[i]), S)
-        lm68 = crop_px_to_ndc(t.to_crop(self.table.landmarks68[i]), S)
+        lm478 = crop_px_to_ndc(lm478_px, S)
+        lm68 = crop_px_to_ndc(lm68_px, S)
         return {"image": rgb, "landmarks478": lm478, "landmarks105": lm478[MEDIAPIPE_105_INDICES],
-                "landmarks68": lm68}
+                "landmarks68": lm68, "real68": real.astype(np.float32)}
+
+    def _profiled(self, image: np.ndarray, i: int, cp: CropParams, rng: np.random.Generator):
+        """The view of face ``i`` turned by 3D profiling (photo_augment.profile), cropped again with
+        the same relative scale and shift around the turned face's landmark box. Returns ``(crop,
+        lm478 px, lm68 px, real68)`` or None when the face is already turned too far."""
+        from .annotate import derive_landmarks
+        from .photo_augment import profile, sample_profile_angles, source_yaw
+
+        S = self.size
+        aug = self.augment
+        big = int(round(1.5 * S))
+        t0 = transform_from_square(cp.centre, cp.side * 1.5, big, cp.angle)
+        P = np.concatenate([t0.to_crop(self.table.landmarks478[i]),
+                            (self.table.depth478[i] * t0.scale)[:, None]], 1)
+        dy, dp = sample_profile_angles(source_yaw(P), rng, aug.profile_max_yaw, max_pitch=aug.profile_max_pitch)
+        if dy == 0.0:
+            return None
+        crop0 = t0.warp(image).astype(np.float32) * (1.0 / 255.0)
+        pr = profile(crop0, P, dy, dp)
+        new478 = pr.landmarks478.astype(np.float64)
+        derived68 = derive_landmarks(new478[None])["landmarks68"][0, :, :2]
+        real = np.zeros(68, bool) if self.table.real68 is None else np.asarray(self.table.real68[i], bool).copy()
+        lm68 = derived68.astype(np.float64)
+        if real.any():
+            carried = pr.carry(t0.to_crop(self.table.landmarks68[i]))
+            inner = np.zeros(68, bool)
+            inner[17:] = True  # the annotated contour follows the visible outline at the photo's pose
+            use = real & inner & np.isfinite(carried).all(1)
+            lm68[use] = carried[use]
+            real = use
+        # the same crop policy around the turned face: relative scale and shift as drawn for the photo
+        b0 = self.boxes[i]
+        size0 = ((b0[2] - b0[0]) + (b0[3] - b0[1])) / 2.0
+        shift = (cp.centre - np.array([(b0[0] + b0[2]) / 2, (b0[1] + b0[3]) / 2])) / max(cp.side, 1e-6)
+        x0, y0 = new478[:, 0].min(), new478[:, 1].min()
+        x1, y1 = new478[:, 0].max(), new478[:, 1].max()
+        size1 = ((x1 - x0) + (y1 - y0)) / 2.0
+        side1 = max(size1 * cp.side / max(size0, 1e-6), 1.0)
+        centre1 = np.array([(x0 + x1) / 2, (y0 + y1) / 2]) + shift * side1
+        t1 = transform_from_square(centre1, side1, S, 0.0)
+        crop = t1.warp(pr.image)
+        return crop, t1.to_crop(new478[:, :2]), t1.to_crop(lm68), real
 
     def __getitem__(self, key) -> dict:
         import torch
@@ -449,7 +561,7 @@ def pack_shards(table: FaceTable, output: str | os.PathLike, size: int = 192, ma
     limit = shard_mib * (1 << 20)
     total_limit = max_mib * (1 << 20) if max_mib else float("inf")
     summary = PackSummary(out, 0)
-    buf: dict[str, list] = {"jpeg": [], "names": [], "l478": [], "l68": []}
+    buf: dict[str, list] = {"jpeg": [], "names": [], "l478": [], "l68": [], "depth": [], "real": []}
     cur = 0
     entries = []
     lm = table.landmarks478
@@ -469,8 +581,12 @@ def pack_shards(table: FaceTable, output: str | os.PathLike, size: int = 192, ma
             "landmarks68": np.stack(buf["l68"]),
             "size": np.int32(size),
         }
+        if table.depth478 is not None:
+            arrays["depth478"] = np.stack(buf["depth"]).astype(np.float16)
+        if table.real68 is not None:
+            arrays["real68"] = np.stack(buf["real"]).astype(np.uint8)
         tmp = out / (name + ".tmp.npz")
-        np.savez(tmp, **arrays)
+        np.savez_compressed(tmp, **arrays)
         os.replace(tmp, out / name)
         nbytes = (out / name).stat().st_size
         entries.append({"file": name, "faces": len(buf["names"]), "bytes": nbytes})
@@ -480,7 +596,7 @@ def pack_shards(table: FaceTable, output: str | os.PathLike, size: int = 192, ma
             v.clear()
         cur = 0
 
-    per_face_overhead = (N_MP + 68) * 4 + 64
+    per_face_overhead = (N_MP + 68) * 4 + N_MP * 2 + 64
     for i in bar(range(len(table)), total=len(table), desc="pack", enabled=progress):
         try:
             img = table.read(i)
@@ -501,6 +617,10 @@ def pack_shards(table: FaceTable, output: str | os.PathLike, size: int = 192, ma
         buf["names"].append(str(table.names[i]))
         buf["l478"].append(_quantise(t.to_crop(table.landmarks478[i])))
         buf["l68"].append(_quantise(t.to_crop(table.landmarks68[i])))
+        if table.depth478 is not None:
+            buf["depth"].append(table.depth478[i] * t.scale)
+        if table.real68 is not None:
+            buf["real"].append(table.real68[i])
         cur += need
         summary.faces += 1
     flush()
@@ -521,7 +641,7 @@ def table_from_shards(folder: str | os.PathLike, label: str | None = None) -> Fa
     index = json.loads(idx_path.read_text())
     if index.get("format") != SHARD_FORMAT or int(index.get("version", 0)) > SHARD_VERSION:
         raise DataError(f"{idx_path} is not a {SHARD_FORMAT} v{SHARD_VERSION} index")
-    blobs, offsets, names, l478, l68 = [], [], [], [], []
+    blobs, offsets, names, l478, l68, depth, real = [], [], [], [], [], [], []
     base = 0
     for e in index["shards"]:
         with np.load(folder / e["file"], allow_pickle=False) as z:
@@ -531,6 +651,9 @@ def table_from_shards(folder: str | os.PathLike, label: str | None = None) -> Fa
             names.append(z["names"])
             l478.append(_dequantise(z["landmarks478"]))
             l68.append(_dequantise(z["landmarks68"]))
+            n_faces = len(z["names"])
+            depth.append(z["depth478"].astype(np.float32) if "depth478" in z.files else None)
+            real.append(z["real68"].astype(bool) if "real68" in z.files else np.zeros((n_faces, 68), bool))
     if not blobs:
         raise DataError(f"{folder} holds no shards")
     data = np.concatenate(blobs)
@@ -543,8 +666,10 @@ def table_from_shards(folder: str | os.PathLike, label: str | None = None) -> Fa
             raise DataError(f"corrupt JPEG for face {i} in {folder}")
         return img
 
+    depth478 = None if any(d is None for d in depth) else np.concatenate(depth)
+    real68 = np.concatenate(real) if any(r.any() for r in real) else None
     return FaceTable(np.concatenate(names).astype(str), np.concatenate(l478), np.concatenate(l68), read,
-                     label or index.get("source", folder.name))
+                     label or index.get("source", folder.name), depth478, real68)
 
 
 # ------------------------------------------------------------------------------------- building
@@ -555,6 +680,11 @@ def build_table(src) -> FaceTable:
     after its split and limit."""
     if src.kind == "folder":
         table = table_from_annotations(src.annotations, src.path, src.name)
+        if src.landmarks68:
+            from .annotate import read_index
+
+            root = src.path or read_index(src.annotations)["root"]
+            table = with_annotated_68(table, src.landmarks68, root)
     elif src.kind == "shards":
         table = table_from_shards(src.path, src.name)
     else:

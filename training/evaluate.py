@@ -287,6 +287,70 @@ def evaluate_landmarks(predictor, table, limit: int | None = None, chunk: int = 
     }
 
 
+YAW_BINS = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))
+
+
+def fit_yaw_to_68(gt68: np.ndarray, face_model=None) -> np.ndarray:
+    """Head yaw ``(N,)`` in degrees fitted to annotated 68-point landmarks ``(N, 68, 2)`` (image
+    pixels, y down): a scaled-orthographic fit of the face model's neutral 51 inner landmarks (the
+    68 without the pose-dependent contour) to the 51 annotated ones, then the yaw of the rotation
+    with the annotations' formula (:func:`~smirk_edge.training.annotate.yaw_degrees`). It depends
+    on neither the model under test nor MediaPipe, as the pose of a benchmark's ground truth.
+    """
+    from smirk_edge.face_model import FaceModel, standin_path
+
+    from .annotate import yaw_degrees
+
+    fm = face_model or FaceModel.load(standin_path())
+    X = fm.decode(shape=np.zeros((1, 300), np.float32)).landmarks68[0, 17:].astype(np.float64)  # (51, 3) model frame
+    Xc = X - X.mean(0)
+    out = np.zeros(len(gt68))
+    for i, g in enumerate(np.asarray(gt68, np.float64)):
+        uv = g[17:, :2] * np.array([1.0, -1.0])  # image y down -> model y up
+        uv = uv - uv.mean(0)
+        M = np.linalg.lstsq(Xc, uv, rcond=None)[0].T  # (2, 3): uv ~ M X
+        u, _, vt = np.linalg.svd(M, full_matrices=False)
+        r12 = u @ vt  # nearest rows with orthonormal directions
+        R = np.stack([r12[0], r12[1], np.cross(r12[0], r12[1])])
+        out[i] = yaw_degrees(R[None])[0]
+    return out
+
+
+def evaluate_landmarks68(predictor, table, chunk: int = 64, face_model_path=None) -> dict:
+    """68-point NME against human annotations (a table with ``real68``, e.g. 300-W AFW), overall,
+    on the 51 inner points, and per bin of absolute yaw (0-30, 30-60, 60-90 degrees, from
+    :func:`fit_yaw_to_68` on the annotations), as 3DDFA reports AFLW2000-3D. Normalisation:
+    ``sqrt(w * h)`` of the annotated 68-point box (:func:`landmark_nme`)."""
+    from smirk_edge.face_model import FaceModel, standin_path
+
+    if table.real68 is None or not np.asarray(table.real68).all():
+        raise InputError("evaluate_landmarks68 needs faces whose 68 points are all annotated")
+    n = len(table)
+    if n == 0:
+        raise InputError("no annotated faces to evaluate")
+    p68 = []
+    for i in range(0, n, chunk):
+        idx = range(i, min(n, i + chunk))
+        pr = predictor.predict([table.read(j) for j in idx], [table.landmarks478[j] for j in idx])
+        p68.append(pr.landmarks68)
+    p68 = np.concatenate(p68)
+    g68 = table.landmarks68
+    nme = landmark_nme(p68, g68)
+    wh = g68.max(1) - g68.min(1)
+    inner = np.linalg.norm(p68[:, 17:] - g68[:, 17:], axis=-1).mean(-1) / np.sqrt(np.maximum(wh[:, 0] * wh[:, 1], 1e-9))
+    yaw = fit_yaw_to_68(g68, FaceModel.load(face_model_path or standin_path()))
+    bins = {}
+    for lo, hi in YAW_BINS:
+        m = (np.abs(yaw) >= lo) & (np.abs(yaw) < hi if hi < 90 else np.abs(yaw) <= 180)
+        bins[f"{int(lo)}-{int(hi)}"] = {"n": int(m.sum()), "nme68": float(nme[m].mean()) if m.any() else None}
+    worst = np.argsort(-nme)[:8]
+    return {"n": int(n), "nme68": float(nme.mean()), "nme68_median": float(np.median(nme)),
+            "nme68_inner51": float(inner.mean()), "by_yaw": bins,
+            "worst": [{"name": str(table.names[k]), "nme68": float(nme[k]), "yaw": float(yaw[k])} for k in worst],
+            "yaw": "fitted to the annotated 51 inner points (scaled orthographic, the stand-in's neutral face)",
+            "normalisation": "mean point error / sqrt(w*h) of the annotated 68-point box, averaged over faces"}
+
+
 def evaluate_synthetic(predictor: TorchPredictor, n: int = 256, seed: int = 0, one_sided_n: int = 256) -> dict:
     """Parameter / geometry recovery and left-right accuracy on synthetic faces (torch predictor only)."""
     import torch
@@ -419,7 +483,8 @@ def evaluate(checkpoint: str | None = None, bundle: str | None = None, annotatio
              shards: str | None = None, image_root: str | None = None, split: str | None = None, subset: str = "val",
              expressive_csv: str | None = None, synthetic: int = 0, limit: int | None = None,
              out_dir: str | os.PathLike | None = None, device: str = "cpu", face_model: str | None = None,
-             sheet: int = 16, progress: Callable[[str], None] | None = None) -> dict:
+             sheet: int = 16, progress: Callable[[str], None] | None = None,
+             landmarks68: Sequence[str] = (), landmarks68_split: str | None = None) -> dict:
     """Run every evaluation the inputs allow and return (and write, with ``out_dir``) the report."""
     from .data import read_split, table_from_annotations, table_from_shards
 
@@ -457,6 +522,26 @@ def evaluate(checkpoint: str | None = None, bundle: str | None = None, annotatio
                 pred, [table.read(int(i)) for i in worst], [table.landmarks478[int(i)] for i in worst],
                 out / "worst_cases.png", show_truth=True)),
                 "faces": [{"name": str(table.names[int(i)]), "nme105": float(per_image[int(i)])} for i in worst]}
+    if landmarks68:
+        if not annotations:
+            raise InputError("--landmarks68 needs --annotations (the MediaPipe boxes of those photos)")
+        from .annotate import read_index
+        from .data import with_annotated_68
+
+        base = table_from_annotations(annotations, image_root)
+        root = image_root or read_index(annotations)["root"]
+        report["landmarks68"] = {}
+        for spec in landmarks68:
+            folder, _, part = str(spec).partition(":")
+            t68 = with_annotated_68(base, folder, root)
+            if part:
+                if not landmarks68_split:
+                    raise InputError(f"{spec}: a subset needs --landmarks68-split")
+                keep = read_split(landmarks68_split, part)
+                t68 = t68.select(np.array([n in keep for n in t68.names], bool))
+            say(f"68-point NME on {len(t68)} annotated faces of {spec}")
+            report["landmarks68"][Path(folder).name + (f":{part}" if part else "")] = evaluate_landmarks68(
+                pred, t68, face_model_path=face_model)
     if synthetic and isinstance(pred, TorchPredictor):
         say(f"synthetic recovery on {synthetic} faces")
         report["synthetic"] = evaluate_synthetic(pred, synthetic, one_sided_n=synthetic)

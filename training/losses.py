@@ -135,7 +135,9 @@ class LossWeights:
     Fields: ``landmark`` (applied to the contour and the MediaPipe losses each), ``expression_reg``,
     ``jaw_reg``, ``shape_prior`` (the MICA replacement), ``reconstruction`` (L1), ``perceptual``,
     ``cycle``, ``emotion`` (always 0: not implemented), ``synthetic`` (our addition, 0 in SMIRK:
-    parameter supervision on rendered faces of known parameters, :func:`synthetic_param_loss`).
+    parameter supervision on rendered faces of known parameters, :func:`synthetic_param_loss`),
+    ``real68`` (ours, 0 in SMIRK: MSE on human-annotated 68 points, 300-W, where an item has them;
+    the item's ``real68`` mask, and the contour term then skips those points).
     """
 
     landmark: float = 0.0
@@ -147,6 +149,7 @@ class LossWeights:
     cycle: float = 0.0
     emotion: float = 0.0
     synthetic: float = 0.0
+    real68: float = 0.0
 
     def __post_init__(self):
         if self.emotion != 0:

@@ -305,6 +305,7 @@ class SyntheticDataset:
             views.append(self.faces.render(p, scene))
         out = {k: torch.cat([v[k] for v in views]) for k in ("image", "landmarks478", "landmarks105", "landmarks68")}
         out["valid"] = torch.ones(self.views)
+        out["real68"] = torch.zeros(self.views, 68)  # renders have no human-annotated points
         out["source"] = torch.tensor(self.source, dtype=torch.int64)
         out["index"] = torch.tensor(i, dtype=torch.int64)
         if self.with_params:

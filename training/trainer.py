@@ -326,7 +326,7 @@ class Trainer:
         for k, v in batch.items():
             if not isinstance(v, torch.Tensor):
                 continue
-            if v.dim() >= 2 and k in ("image", "landmarks478", "landmarks105", "landmarks68", "valid"):
+            if v.dim() >= 2 and k in ("image", "landmarks478", "landmarks105", "landmarks68", "valid", "real68"):
                 v = v.flatten(0, 1)  # (B, V, ...) -> (B*V, ...)
             out[k] = v.to(self.device, non_blocking=nb)
         return out
@@ -342,8 +342,14 @@ class Trainer:
         l68 = project_ndc(geo["landmarks68"], cam)[..., :2]
         l105 = project_ndc(geo["landmarks105"], cam)[..., :2]
         valid = b["valid"]
-        terms = {"landmark_contour": L.contour_landmark_loss(l68, b["landmarks68"], valid),
-                 "landmark_mediapipe": L.mediapipe_landmark_loss(l105, b["landmarks105"], valid)}
+        real = b.get("real68")
+        if real is None:
+            terms = {"landmark_contour": L.contour_landmark_loss(l68, b["landmarks68"], valid)}
+        else:  # annotated 68 points where a photo has them; the mesh-derived contour elsewhere
+            real = real.to(l68.dtype)
+            terms = {"landmark_contour": L.contour_landmark_loss(l68, b["landmarks68"], valid[:, None] * (1 - real)),
+                     "real68": L.landmark_loss(l68, b["landmarks68"], valid[:, None] * real)}
+        terms["landmark_mediapipe"] = L.mediapipe_landmark_loss(l105, b["landmarks105"], valid)
         return terms, geo
 
     @staticmethod
