@@ -113,15 +113,6 @@ class PlacementFallback:
     __call__ = detect
 
 
-def _artifact_info(bundle, path) -> tuple[str | None, int | None, dict | None]:
-    """Name, total bytes and ``attrs['accuracy']`` of the bundle artifact whose main file is ``path``."""
-    p = os.path.basename(os.fspath(path))
-    for a in bundle.artifacts:
-        if a.path == p or os.path.basename(a.path) == p:
-            return a.name, sum(f.bytes for f in a.files), a.attrs.get("accuracy")
-    return None, None, None
-
-
 def _set_threads(threads: int | None) -> None:
     if threads:
         import cv2
@@ -138,13 +129,14 @@ def run_pipeline(cfg: dict) -> list[dict]:
     files = meta.get("jpeg_files") if cfg.get("decode_image") else None
     base = _base_row(cfg)
     t0 = time.perf_counter()
-    rec = Reconstructor(cfg["bundle"], backend=cfg["engine"], precision=cfg["precision"], threads=cfg.get("threads"),
+    rec = Reconstructor(cfg["bundle"], backend=cfg["engine"], precision=cfg["precision"], threads=cfg.get("threads") or None,
                         refine=bool(cfg.get("refine", True)))
     open_ms = (time.perf_counter() - t0) * 1e3
     fallback = PlacementFallback(rec.detector)
     rec.detector = fallback
-    name, nbytes, acc = _artifact_info(rec.bundle, rec.selection.artifact.path)
-    base.update(artifact=name, artifact_bytes=nbytes, accuracy=acc, device=rec.encoder.device,
+    art = rec.artifact
+    base.update(artifact=art.name, artifact_bytes=sum(f.bytes for f in art.files), accuracy=art.attrs.get("accuracy"),
+                device=rec.encoder.device,
                 engine_label=rec.engine)
     runs, warmup = int(cfg["runs"]), int(cfg["warmup"])
     n = len(frames)
@@ -234,9 +226,7 @@ def run_encoder(cfg: dict) -> list[dict]:
     frames, boxes, _ = load_inputs(cfg["inputs"])
     bundle = Bundle(cfg["bundle"])
     encs = bundle.encoders()
-    recs = [registry.Artifact(a.kind, a.precision, a.name) for a in encs]
-    sel = registry.select_engine(recs, preferred=cfg["engine"], precision=cfg["precision"])
-    art = bundle.get(sel.artifact.path)
+    art = registry.select_engine(encs, preferred=cfg["engine"], precision=cfg["precision"]).artifact
     opts = {"precision": art.precision}
     if cfg.get("threads") and cfg["engine"] in ("onnxruntime", "openvino"):
         opts["threads"] = int(cfg["threads"])

@@ -96,7 +96,8 @@ class Face:
         head_pose: ``(3,)`` yaw, pitch, roll in degrees (:func:`head_pose_degrees`).
         crop_matrix: ``(2, 3)`` image -> 224 crop affine used for the final encoding.
         track_id: stable id across frames in ``stream()``; -1 for single images.
-        timings: per-stage milliseconds of the call that produced this face (shared by its faces).
+        timings: per-stage milliseconds of the call that produced this face (each face holds its
+            own copy; :attr:`FrameResult.timings` is the call's).
         engine: which engine ran the encoder (e.g. ``onnxruntime:CPUExecutionProvider fp32``).
     """
 
@@ -146,3 +147,32 @@ class Face:
             raise ValueError(f"space must be 'model' or 'image', got {space!r}")
         verts = self.vertices if space == "model" else self.vertices_image
         return write_mesh(path, verts, self.faces)
+
+
+class FrameResult(list):
+    """The faces of one call (``rec(image)``, one frame of ``rec.stream()``), with what the call measured.
+
+    A ``list[Face]`` (so ``faces[0]``, ``len(faces)`` and ``faces == []`` work as before) that also
+    carries:
+
+    Attributes:
+        timings: per-stage milliseconds of this call (``detect``, ``crop``, ``encode``, ``decode``,
+            ``project``, ``smooth``, ``total``...).
+        errors: the errors that made this call give no faces (a skipped video frame); empty otherwise.
+        index: the frame index in ``stream()``; None for single images.
+    """
+
+    def __init__(self, faces: "list[Face] | tuple[Face, ...]" = (), timings: dict[str, float] | None = None,
+                 errors: "list[Exception] | tuple[Exception, ...]" = (), index: int | None = None):
+        super().__init__(faces)
+        self.timings: dict[str, float] = dict(timings or {})
+        self.errors: list[Exception] = list(errors)
+        self.index = index
+
+    @property
+    def faces(self) -> "list[Face]":
+        """The faces as a plain list."""
+        return list(self)
+
+    def __repr__(self) -> str:
+        return f"FrameResult({len(self)} faces, total={self.timings.get('total', 0.0):.1f} ms, errors={len(self.errors)})"
