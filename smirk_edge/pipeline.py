@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Iterator, Mapping, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -51,6 +51,10 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------- records
+Rolls = Union[np.ndarray, Sequence[float], None]
+"""In-image roll per face, degrees counter-clockwise (None: every crop upright)."""
+
+
 class Detector(Protocol):
     """What :func:`detect` needs: ``detect(image) -> Detections`` (see :mod:`smirk_edge.detector`)."""
 
@@ -154,11 +158,11 @@ def detect(detector: Detector, image: np.ndarray, max_faces: int) -> Detected:
     return Detected(boxes, det.scores[order], rolls)
 
 
-def crop_transforms(boxes: np.ndarray, rolls: Sequence[float] | None, policy: CropPolicy) -> list[CropTransform]:
+def crop_transforms(boxes: np.ndarray, rolls: Rolls, policy: CropPolicy) -> list[CropTransform]:
     """SMIRK's crop of each landmark box, rotated upright where the face is rolled past ``policy.align_roll``."""
-    rolls = np.zeros(len(boxes)) if rolls is None else np.asarray(rolls, np.float64)
+    angles = np.zeros(len(boxes)) if rolls is None else np.asarray(rolls, np.float64)
     out = []
-    for box, roll in zip(boxes, rolls):
+    for box, roll in zip(boxes, angles):
         if policy.align_roll is None or abs(roll) < policy.align_roll:
             out.append(crop_from_box(box, policy.scale, policy.size))
         else:
@@ -167,7 +171,7 @@ def crop_transforms(boxes: np.ndarray, rolls: Sequence[float] | None, policy: Cr
     return out
 
 
-def crop(image: np.ndarray, boxes: np.ndarray, rolls: Sequence[float] | None, policy: CropPolicy) -> Crops:
+def crop(image: np.ndarray, boxes: np.ndarray, rolls: Rolls, policy: CropPolicy) -> Crops:
     """Stage *crop*: the crop transforms of ``boxes`` and the encoder batch cut from ``image``."""
     transforms = crop_transforms(boxes, rolls, policy)
     return Crops(transforms, preprocess(image, transforms, policy.size))
@@ -241,7 +245,7 @@ def landmark_boxes(landmarks105: np.ndarray, pose: np.ndarray) -> np.ndarray:
     and the crop-frame head rotation ``pose (B, 3)`` (FLAME yaw widens the box on turned heads)."""
     lm = np.asarray(landmarks105, np.float64)
     yaws = yaw_degrees(rodrigues(np.asarray(pose, np.float32)))
-    boxes = [LANDMARK105_TO_LANDMARK_BOX.apply([p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()], y)
+    boxes = [LANDMARK105_TO_LANDMARK_BOX.apply(np.array([p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()]), y)
              for p, y in zip(lm, yaws)]
     return np.array(boxes, np.float64).reshape(-1, 4)
 
@@ -295,7 +299,7 @@ class Stages:
         with timer("detect"):
             return detect(self.detector, image, self.max_faces)
 
-    def encode_crops(self, image: np.ndarray, boxes: np.ndarray, rolls: Sequence[float] | None,
+    def encode_crops(self, image: np.ndarray, boxes: np.ndarray, rolls: Rolls,
                      timer: StageTimer, policy: CropPolicy | None = None) -> tuple[Crops, dict[str, np.ndarray]]:
         """Stages *crop* and *encode* of one pass."""
         with timer("crop"):
@@ -304,7 +308,7 @@ class Stages:
             params = encode(self.encoder, crops.batch, self.input_name, self.widths)
         return crops, params
 
-    def reconstruct(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, rolls: Sequence[float] | None,
+    def reconstruct(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, rolls: Rolls,
                     refine_pass: bool, timer: StageTimer) -> list[Face]:
         """crop -> encode [-> decode -> project -> refine -> crop -> encode] -> decode -> project -> faces."""
         crops, params = self.encode_crops(image, boxes, rolls, timer)

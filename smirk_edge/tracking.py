@@ -81,7 +81,7 @@ class Tracker:
         if not self.tracks or index % self.redetect_every == 0:
             self.match(stages.detect(img, timer).boxes)
         if not self.tracks:
-            return FrameResult([], timer.finish(), index=index)
+            return FrameResult([], timer.finish(), frame_index=index)
         crops, params = stages.encode_crops(img, np.array([tr.box for tr in self.tracks]), None, timer, self.policy)
         with timer("smooth"):
             raw = image_affines(params["cam"], [t.matrix for t in crops.transforms], self.policy.size)
@@ -103,7 +103,7 @@ class Tracker:
         faces = [f for _, f in keep]
         for f in faces:
             f.timings = dict(timings)
-        return FrameResult(faces, timings, index=index)
+        return FrameResult(faces, timings, frame_index=index)
 
     def match(self, boxes: np.ndarray) -> None:
         """Greedy IoU matching of detections to tracks; unmatched tracks are dropped, new faces added."""
