@@ -130,7 +130,7 @@ class BoxMapping:
         return np.array([cx - hw, cy - hh, cx + hw, cy + hh])
 
 
-# Calibrated by benchmarks/box_calibration.py on 26k MediaPipe-annotated faces, 20% held out
+# Calibrated by training/box_calibration.py on 26k MediaPipe-annotated faces, 20% held out
 # (docs/crop.md): held-out crop IoU against the exact SMIRK crop 0.911 (detector box) and 0.935
 # (105-landmark box with the yaw terms).
 DETECTOR_TO_LANDMARK_BOX = BoxMapping(-0.0042, -0.0233, 0.8960, 1.0298)

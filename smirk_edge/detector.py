@@ -367,7 +367,7 @@ class FaceDetector:
         variant: ``"short"`` (128 px input: faces large in the frame, face crops),
             ``"full"`` (192 px: small / distant faces) or ``"auto"`` (default: both on the whole
             frame, merged by one NMS). Measured on the shared photos (see
-            ``benchmarks/detector_recall.py``): the short-range model alone finds about half of
+            ``training/detector_recall.py``): the short-range model alone finds about half of
             the >= 40 px faces in 500 px group photos, the full-range model alone finds only
             about a quarter of the faces in tight face crops (UTKFace 200 px); together they find
             both (at the cost of running both networks).

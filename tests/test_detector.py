@@ -327,7 +327,7 @@ def _recall(det, min_size=40.0):
 @pytest.mark.onnxruntime
 @pytest.mark.parametrize("variant,minimum", [("full", 0.9), ("auto", 0.9), ("short", 0.4)])
 def test_recall_on_real_photos(variant, minimum):
-    # measured (benchmarks/detector_recall.py): full 21/21, auto 21/21, short 11/21
+    # measured (training/detector_recall.py): full 21/21, auto 21/21, short 11/21
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     rec, total = _recall(FaceDetector(variant=variant))
     assert total >= 15

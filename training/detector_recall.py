@@ -27,8 +27,8 @@ does (``mosaic-3@2.67`` is about 4000 px wide).
 
 Usage (from the repository root)::
 
-    python benchmarks/detector_recall.py --out runs/detector_recall.json
-    python benchmarks/detector_recall.py --timing      # also single-thread latency, median of 100
+    python training/detector_recall.py --out runs/detector_recall.json
+    python training/detector_recall.py --timing      # also single-thread latency, median of 100
 
 Writes one JSON row per (scene, configuration) with the versions, and prints a table.
 """
