@@ -110,7 +110,7 @@ def _engines_for(bundle, backends: list[str] | None, precisions: list[str] | Non
     """(engine, precision) pairs that exist: engine installed and an encoder artifact it opens."""
     from smirk_edge.runtimes import registry
 
-    arts = [registry.Artifact(a.kind, a.precision, a.name) for a in bundle.encoders()]
+    arts = bundle.encoders()
     installed = registry.available_engines()
     engines = backends or [e for e in ("onnxruntime", "openvino") if e in installed]
     precs = precisions or sorted({a.precision for a in arts if a.precision},

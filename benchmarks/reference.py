@@ -79,7 +79,7 @@ def run_reference(cfg: dict) -> list[dict]:
     from smirk_edge.training.encoder import EncoderConfig, SmirkEncoder
     from smirk_edge.training.face_model import FaceModelLayer, project_ndc
 
-    from .worker import PlacementFallback, _base_row, _row, _single, load_inputs, peak_rss_mb
+    from .runs import PlacementFallback, base_row, load_inputs, peak_rss_mb, row, single
 
     threads = cfg.get("threads")
     if threads:
@@ -103,7 +103,7 @@ def run_reference(cfg: dict) -> list[dict]:
                    for v in ("short", "full")}
         detector = PlacementFallback(FaceDetector(runners))
     open_ms = (time.perf_counter() - t0) * 1e3
-    base = _base_row(cfg)
+    base = base_row(cfg)
     base.update(engine="torch-eager (autograd on)", precision="fp32", artifact="SmirkEncoder (torch module)",
                 device="cpu", crop_source=("mediapipe face mesh (side process)" if mp else
                                            "BlazeFace (ours, stand-in for MediaPipe)"))
@@ -153,11 +153,11 @@ def run_reference(cfg: dict) -> list[dict]:
             r["total"] += r["detect"]
     rss = peak_rss_mb()
     base["peak_rss_mb"] = rss
-    rows = [_row(base, s, st, runs, warmup) for s, st in stage_table(per_run, REFERENCE_STAGES).items()]
+    rows = [row(base, s, st, runs, warmup) for s, st in stage_table(per_run, REFERENCE_STAGES).items()]
     if mp is not None:
         for r in rows:
             if r["stage"] in ("detect", "total"):
                 r["note"] = ("detect = MediaPipe face mesh measured in its own process in this run; total = in-process "
                              "stages + those samples, run by run")
-    rows.append(_row(base, "open", _single(open_ms), 1, 0, note="build the torch encoder and FLAME layer"))
+    rows.append(row(base, "open", single(open_ms), 1, 0, note="build the torch encoder and FLAME layer"))
     return rows

@@ -23,128 +23,33 @@ Heavy imports happen inside the functions.
 from __future__ import annotations
 
 import json
-import os
-import resource
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .stats import ROW_FIELDS, STAGES, stage_table, summarize
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, MiB.
-
-    Linux: ``VmHWM`` of ``/proc/self/status`` (the high-water mark of this process's own address
-    space). ``getrusage``'s ``ru_maxrss`` is not used there: Linux carries it across ``exec``, so a
-    worker started from a large parent would report the parent's peak. Elsewhere: ``getrusage``.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024.0, 1)
-    except OSError:
-        pass
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round((kb / 1024.0) if sys.platform != "darwin" else kb / 2**20, 1)
-
-
-def load_inputs(path: str) -> tuple[list[np.ndarray], list[np.ndarray | None], dict]:
-    """Frames and placement boxes saved by the parent (``inputs.npz``)."""
-    with np.load(path, allow_pickle=False) as z:
-        frames = [f for f in z["frames"]] if "frames" in z else []
-        if not frames:
-            frames = [z[k] for k in sorted(k for k in z.files if k.startswith("frame_"))]
-        boxes = [None if not np.all(np.isfinite(b)) else b for b in z["boxes"]]
-        meta = json.loads(str(z["meta"]))
-    return frames, boxes, meta
-
-
-def _base_row(cfg: dict) -> dict:
-    from smirk_edge.system import describe
-
-    info = describe(probe=False)
-    versions = info.pop("packages")
-    return {"run_id": cfg["run_id"], "suite": cfg["kind"], "config": cfg["id"], "engine": cfg.get("engine"),
-            "precision": cfg.get("precision"), "artifact": None, "artifact_bytes": None,
-            "threads": cfg.get("threads"), "batch": 1, "mode": cfg.get("mode", "image"), "input": cfg["input_name"],
-            "refine": cfg.get("refine"), "crop_source": None, "device": "cpu", "note": "",
-            "model": cfg.get("model", {}), "accuracy": None, "versions": versions, "machine": info,
-            "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-
-
-def _row(base: dict, stage: str, stats: dict, runs: int, warmup: int, **extra) -> dict:
-    """One row: the configuration's base fields, the stage, its statistics; every ROW_FIELDS key present."""
-    r = dict(base)
-    r.update({"stage": stage, "runs": runs, "warmup": warmup, **stats, **extra})
-    for k in ROW_FIELDS:
-        r.setdefault(k, None)
-    return r
-
-
-def _single(ms: float) -> dict:
-    return summarize([ms])
-
-
-class PlacementFallback:
-    """Wraps the SDK's face detector: the real detection runs (and is timed) every time; when it finds
-    no face, the known placement box of the synthetic input is returned instead, so the stages after
-    detection are still measured. ``fallbacks`` counts how often that happened."""
-
-    def __init__(self, detector):
-        self.detector = detector
-        self.box: np.ndarray | None = None
-        self.fallbacks = 0
-        self.calls = 0
-
-    def detect(self, image):
-        from smirk_edge.detector import Detections
-
-        self.calls += 1
-        det = self.detector.detect(image)
-        if len(det) or self.box is None:
-            return det
-        self.fallbacks += 1
-        return Detections(np.asarray([self.box], np.float32), np.ones(1, np.float32), np.zeros((1, 6, 2), np.float32))
-
-    __call__ = detect
-
-
-def _artifact_info(bundle, path) -> tuple[str | None, int | None, dict | None]:
-    """Name, total bytes and ``attrs['accuracy']`` of the bundle artifact whose main file is ``path``."""
-    p = os.path.basename(os.fspath(path))
-    for a in bundle.artifacts:
-        if a.path == p or os.path.basename(a.path) == p:
-            return a.name, sum(f.bytes for f in a.files), a.attrs.get("accuracy")
-    return None, None, None
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        import cv2
-
-        cv2.setNumThreads(int(threads))
+from .runs import PlacementFallback, base_row, load_inputs, peak_rss_mb, row, set_threads, single
+from .stats import STAGES, stage_table, summarize
 
 
 def run_pipeline(cfg: dict) -> list[dict]:
     """Reconstructor end to end, per stage (see the module docstring)."""
     from smirk_edge.reconstructor import Reconstructor
 
-    _set_threads(cfg.get("threads"))
+    set_threads(cfg.get("threads"))
     frames, boxes, meta = load_inputs(cfg["inputs"])
     files = meta.get("jpeg_files") if cfg.get("decode_image") else None
-    base = _base_row(cfg)
+    base = base_row(cfg)
     t0 = time.perf_counter()
-    rec = Reconstructor(cfg["bundle"], backend=cfg["engine"], precision=cfg["precision"], threads=cfg.get("threads"),
+    rec = Reconstructor(cfg["bundle"], backend=cfg["engine"], precision=cfg["precision"], threads=cfg.get("threads") or None,
                         refine=bool(cfg.get("refine", True)))
     open_ms = (time.perf_counter() - t0) * 1e3
     fallback = PlacementFallback(rec.detector)
     rec.detector = fallback
-    name, nbytes, acc = _artifact_info(rec.bundle, rec.selection.artifact.path)
-    base.update(artifact=name, artifact_bytes=nbytes, accuracy=acc, device=rec.encoder.device,
+    art = rec.artifact
+    base.update(artifact=art.name, artifact_bytes=sum(f.bytes for f in art.files), accuracy=art.attrs.get("accuracy"),
+                device=rec.encoder.device,
                 engine_label=rec.engine)
     runs, warmup = int(cfg["runs"]), int(cfg["warmup"])
     n = len(frames)
@@ -182,11 +87,11 @@ def run_pipeline(cfg: dict) -> list[dict]:
     source = "detector" if fallback.fallbacks == 0 else (
         f"placement box (detector found no face in {fallback.fallbacks}/{fallback.calls} calls)")
     base.update(crop_source=source, peak_rss_mb=rss, faces_mean=float(np.mean(faces_found)) if faces_found else 0.0)
-    rows = [_row(base, s, st, runs, warmup) for s, st in stage_table(per_run, STAGES).items()]
-    rows.append(_row(base, "wall", summarize(walls), runs, warmup,
+    rows = [row(base, s, st, runs, warmup) for s, st in stage_table(per_run, STAGES).items()]
+    rows.append(row(base, "wall", summarize(walls), runs, warmup,
                      note="time around the call, outside the SDK's own timers"))
-    rows.append(_row(base, "open", _single(open_ms), 1, 0, note="Reconstructor() construction: bundle check, engine start"))
-    rows.append(_row(base, "first_call", _single(first_ms or float("nan")), 1, 0, note="first frame, cold"))
+    rows.append(row(base, "open", single(open_ms), 1, 0, note="Reconstructor() construction: bundle check, engine start"))
+    rows.append(row(base, "first_call", single(first_ms or float("nan")), 1, 0, note="first frame, cold"))
     rec.close()
     return rows
 
@@ -230,13 +135,11 @@ def run_encoder(cfg: dict) -> list[dict]:
     from smirk_edge.face_model import FaceModel
     from smirk_edge.runtimes import registry
 
-    _set_threads(cfg.get("threads"))
+    set_threads(cfg.get("threads"))
     frames, boxes, _ = load_inputs(cfg["inputs"])
     bundle = Bundle(cfg["bundle"])
     encs = bundle.encoders()
-    recs = [registry.Artifact(a.kind, a.precision, a.name) for a in encs]
-    sel = registry.select_engine(recs, preferred=cfg["engine"], precision=cfg["precision"])
-    art = bundle.get(sel.artifact.path)
+    art = registry.select_engine(encs, preferred=cfg["engine"], precision=cfg["precision"]).artifact
     opts = {"precision": art.precision}
     if cfg.get("threads") and cfg["engine"] in ("onnxruntime", "openvino"):
         opts["threads"] = int(cfg["threads"])
@@ -244,11 +147,11 @@ def run_encoder(cfg: dict) -> list[dict]:
     runner = registry.make_runner(cfg["engine"], bundle.main_path(art), **opts).activate()
     open_ms = (time.perf_counter() - t0) * 1e3
     fm = FaceModel.load(bundle.main_path(bundle.find(role="face_model")[0]).read_bytes())
-    base = _base_row(cfg)
+    base = base_row(cfg)
     base.update(artifact=art.name, artifact_bytes=sum(f.bytes for f in art.files), accuracy=art.attrs.get("accuracy"),
                 device=runner.device, crop_source="placement box")
     crops = real_crops(frames, boxes, 8)
-    rows = [_row(base, "open", _single(open_ms), 1, 0, note="runner activation (session / compile)")]
+    rows = [row(base, "open", single(open_ms), 1, 0, note="runner activation (session / compile)")]
     runs, warmup, budget = int(cfg["runs"]), int(cfg["warmup"]), cfg.get("budget_s")
     for b in cfg["batches"]:
         x = np.ascontiguousarray(crops[np.arange(b) % len(crops)])
@@ -268,11 +171,11 @@ def run_encoder(cfg: dict) -> list[dict]:
         del first
         s1, w1 = _timed_runs(enc, runs, warmup, budget)
         st = summarize(s1)
-        rows.append(_row(base, "encode", st, len(s1), w1, batch=b, items_per_s=b * 1e3 / st["p50_ms"],
+        rows.append(row(base, "encode", st, len(s1), w1, batch=b, items_per_s=b * 1e3 / st["p50_ms"],
                          first_call_ms=first_ms))
         s2, w2 = _timed_runs(enc_dec, runs, warmup, budget)
         st2 = summarize(s2)
-        rows.append(_row(base, "encode+decode", st2, len(s2), w2, batch=b, items_per_s=b * 1e3 / st2["p50_ms"]))
+        rows.append(row(base, "encode+decode", st2, len(s2), w2, batch=b, items_per_s=b * 1e3 / st2["p50_ms"]))
     rss = peak_rss_mb()
     for r in rows:
         r["peak_rss_mb"] = rss

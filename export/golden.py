@@ -130,8 +130,7 @@ def selftest(bundle: Bundle | str | os.PathLike, backend: str = "auto", precisio
         BundleError: no golden file or face model in the bundle; RunnerError: no usable artifact.
     """
     from smirk_edge.runtimes.base import RunnerError
-    from smirk_edge.runtimes.registry import Artifact as EngineArtifact
-    from smirk_edge.runtimes.registry import make_runner, select_engine
+    from smirk_edge.runtimes.registry import ENGINES, make_runner, select_engine
 
     bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
     goldens = bundle.find(role="golden")
@@ -142,11 +141,9 @@ def selftest(bundle: Bundle | str | os.PathLike, backend: str = "auto", precisio
     face_model = FaceModel.load(bundle.main_path(faces[0]))
     encoders = [a for a in bundle.artifacts if a.role in ("encoder", "fused")]
     if artifact is not None:
-        a = bundle.get(artifact)
-        engine_choices = [EngineArtifact(a.kind, a.precision or "fp32", bundle.root / a.path)]
+        engine_choices = [bundle.get(artifact)]
     else:
-        engine_choices = [EngineArtifact(a.kind, a.precision or "fp32", bundle.root / a.path) for a in encoders
-                          if precision is None or a.precision == precision]
+        engine_choices = [a for a in encoders if precision is None or a.precision == precision]
     if not engine_choices:
         raise RunnerError(f"bundle {bundle.root} has no encoder artifact" + (f" in {precision}" if precision else ""))
     engine = select_engine(engine_choices, backend, precision, device).engine
@@ -154,9 +151,7 @@ def selftest(bundle: Bundle | str | os.PathLike, backend: str = "auto", precisio
     table.update(thresholds or {})
     cmp = Comparator(golden.inputs(), face_model, out_dir, batch=len(golden.crops))
     cmp.set_reference(golden.meta.get("reference", "golden"), golden.outputs)
-    opts = dict(runner_options or {})
-    if device is not None and engine == "openvino":
-        opts.setdefault("device", device)
+    opts = {**ENGINES[engine].runner_options(None, device), **(runner_options or {})}
     for a in _candidates(bundle, engine, precision, artifact):
         path = bundle.main_path(a)
         runner = make_runner(engine, path, precision=a.precision or "fp32", **opts)

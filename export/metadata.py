@@ -19,10 +19,9 @@ import json
 from typing import Any, Mapping
 
 from smirk_edge._version import __version__
-from smirk_edge.crop import CROP_SIZE, DEFAULT_SCALE
+from smirk_edge.crop import CROP_SIZE, DEFAULT_SCALE, INPUT_NAME
 
 PREFIX = "smirk_edge."
-INPUT_NAME = "image"
 # Kept in step with smirk_edge.training.encoder.OUTPUT_NAMES / OUTPUT_WIDTHS (checked by the tests);
 # repeated here so reading metadata never needs torch.
 OUTPUTS: tuple[tuple[str, int, str], ...] = (

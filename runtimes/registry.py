@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._lazy import available
+from ..bundle import Artifact  # the one artifact record; ranked here, re-exported
 from ..errors import EngineUnavailable
 from .base import OptionError, Runner, RunnerError, check_choice, check_options
 
@@ -31,6 +32,24 @@ log = logging.getLogger(__name__)
 
 PRECISION_ORDER = ("fp32", "fp16", "bf16", "int8")
 """Preference among artifacts when no precision is asked for: the reference precision first."""
+
+
+def _no_sdk_options(threads: int | None, device: str | None) -> dict[str, Any]:
+    return {}
+
+
+def _ort_sdk_options(threads: int | None, device: str | None) -> dict[str, Any]:
+    opts: dict[str, Any] = {} if threads is None else {"threads": threads}
+    if device is not None and device.lower().startswith(("cuda", "gpu")):
+        opts["providers"] = "cuda"  # never fall back to the CPU provider silently
+    return opts
+
+
+def _ov_sdk_options(threads: int | None, device: str | None) -> dict[str, Any]:
+    opts: dict[str, Any] = {} if threads is None else {"threads": threads}
+    if device is not None:
+        opts["device"] = device.upper()
+    return opts
 
 
 @dataclass(frozen=True)
@@ -48,6 +67,10 @@ class EngineSpec:
     runner: str                      # 'module:Class' of the runner, imported lazily
     options: tuple[str, ...]         # keyword options make_runner accepts (Runner.from_artifact)
     also_needs: tuple[str, ...] = field(default=())  # any one of these modules must be present too
+    # the SDK's engine-neutral settings (threads, device) as this engine's runner options
+    sdk_options: Callable[[int | None, str | None], dict[str, Any]] = field(default=_no_sdk_options,
+                                                                           compare=False, repr=False)
+    runs_detector: bool = False      # can run the BlazeFace ONNX detector
 
     def is_installed(self) -> bool:
         if not available(self.module):
@@ -57,6 +80,10 @@ class EngineSpec:
     def opens(self, kind: str, precision: str | None = None) -> bool:
         return kind in self.artifact_kinds and (precision is None or precision in self.precisions)
 
+    def runner_options(self, threads: int | None = None, device: str | None = None) -> dict[str, Any]:
+        """``threads`` and ``device`` as the keyword options of this engine's runner (what it ignores is left out)."""
+        return self.sdk_options(threads, device)
+
 
 ENGINES: dict[str, EngineSpec] = {spec.name: spec for spec in (
     EngineSpec("tensorrt", "TensorRT 10", "tensorrt", "tensorrt", ("tensorrt-engine",),
@@ -65,31 +92,23 @@ ENGINES: dict[str, EngineSpec] = {spec.name: spec for spec in (
                also_needs=("cuda.bindings", "cuda.cudart", "torch")),
     EngineSpec("openvino", "OpenVINO", "openvino", "openvino", ("openvino-ir", "onnx"),
                ("fp32", "fp16", "int8"), ("cpu", "gpu", "npu", "auto"), 1, "smirk_edge.runtimes.ov:OvRunner",
-               ("precision", "name", "device", "performance_hint", "threads", "batch", "inference_precision")),
+               ("precision", "name", "device", "performance_hint", "threads", "batch", "inference_precision"),
+               sdk_options=_ov_sdk_options, runs_detector=True),
     EngineSpec("onnxruntime", "ONNX Runtime", "onnxruntime", "onnxruntime", ("onnx",),
                ("fp32", "fp16", "int8"), ("cpu", "cuda"), 2, "smirk_edge.runtimes.ort:OrtRunner",
-               ("precision", "name", "providers", "threads", "inter_op_threads", "graph_optimization_level")),
+               ("precision", "name", "providers", "threads", "inter_op_threads", "graph_optimization_level"),
+               sdk_options=_ort_sdk_options, runs_detector=True),
     EngineSpec("torch", "PyTorch", "torch", "torch", ("torch-checkpoint",),
                ("fp32", "fp16", "bf16"), ("cpu", "cuda"), 3, "smirk_edge.runtimes.torch_runner:TorchRunner",
                ()),
 )}
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """One file of a bundle: its kind (e.g. ``'onnx'``), precision (e.g. ``'fp32'``) and path."""
-
-    kind: str
-    precision: str
-    path: str | os.PathLike
-
 
 @dataclass(frozen=True)
 class Selection:
     """The chosen engine and artifact, why, and the ranked alternatives (best first)."""
 
     engine: str
-    artifact: Artifact
+    artifact: Artifact  # as passed in (other records with kind, precision and path become Artifacts)
     reason: str
     alternatives: tuple[tuple[str, Artifact], ...] = ()
 
@@ -226,3 +245,51 @@ def open_with_fallback(candidates: Iterable[Runner | Callable[[], Runner]]) -> F
         raise RunnerError("open_with_fallback needs at least one candidate")
     causes = "; ".join(f"{n}: {type(e).__name__}: {e}" for n, e in failures)
     raise RunnerError(f"no engine could be started: {causes}") from failures[-1][1]
+
+
+@dataclass
+class Opened:
+    """An active runner for one of a bundle's artifacts, as :func:`open_artifact` chose it."""
+
+    runner: Runner
+    engine: str
+    artifact: Artifact
+    selection: Selection
+    reason: str
+
+
+def open_artifact(artifacts: Sequence[Any], path_of: Callable[[Any], str | os.PathLike], backend: str = "auto",
+                  precision: str | None = None, device: str | None = None, threads: int | None = None) -> Opened:
+    """Select an engine for ``artifacts`` (:func:`select_engine`) and activate its runner.
+
+    ``path_of(artifact)`` gives the file to open (e.g. ``bundle.main_path``, which checks the hash).
+    ``threads`` and ``device`` become each engine's own options (:meth:`EngineSpec.runner_options`).
+    With ``backend="auto"`` a runner that fails to start falls back to the next ranked candidate
+    (:func:`open_with_fallback`); an explicit backend never falls back.
+    """
+    selection = select_engine(artifacts, preferred=backend, precision=precision, device=device)
+    chain = [(selection.engine, selection.artifact)] + list(selection.alternatives)
+    if backend != "auto":
+        chain = chain[:1]
+
+    def candidate(engine: str, art: Any) -> Callable[[], Runner]:
+        return lambda: make_runner(engine, path_of(art), precision=art.precision,
+                                   **ENGINES[engine].runner_options(threads, device))
+
+    result = open_with_fallback([candidate(e, a) for e, a in chain])
+    engine, art = chain[result.index]
+    reason = selection.reason if result.index == 0 else (
+        f"fell back to {engine} ({art.path}) after: " + "; ".join(f"{n}: {e}" for n, e in result.failures))
+    return Opened(result.runner, engine, art, selection, reason)
+
+
+def detector_engine(preferred: str | None = None) -> str:
+    """The engine that runs the face detector: ``preferred`` when it can, else the first installed
+    of OpenVINO and ONNX Runtime. Raises :class:`EngineUnavailable` when neither is installed."""
+    if preferred in ENGINES and ENGINES[preferred].runs_detector:
+        return preferred
+    installed = available_engines()
+    for name in ("openvino", "onnxruntime"):
+        if name in installed:
+            return name
+    raise EngineUnavailable("the face detector's engine (ONNX Runtime or OpenVINO)", "onnxruntime")

@@ -19,7 +19,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping
 
 from ._version import __version__
+from .crop import CROP_SIZE, DEFAULT_SCALE, INPUT_NAME
 from .errors import BundleError
+from .results import PARAM_WIDTHS
 
 SCHEMA = "smirk-edge-bundle"
 SCHEMA_VERSION = 1
@@ -61,19 +63,25 @@ class FileEntry:
 
 @dataclass
 class Artifact:
-    """One artifact of the bundle (a model file, an IR pair, an engine, the face model...)."""
+    """One artifact: its kind (e.g. ``'onnx'``), precision (e.g. ``'fp32'``) and main file path.
 
-    name: str
+    The one artifact record of smirk-edge: a bundle's manifest entries are these (``path`` relative
+    to the bundle folder, with ``name``, ``role``, every file with its sha256, and ``attrs`` such as
+    accuracy, opset, ``degraded``), and :func:`smirk_edge.runtimes.select_engine` ranks them.
+    ``Artifact("onnx", "fp32", "encoder.onnx")`` is enough to ask which engine would open a file.
+    """
+
     kind: str
-    role: str
     precision: str | None
-    files: list[FileEntry]
+    path: str | os.PathLike  # the main file (the .onnx, the .xml of an IR pair, the engine)
+    name: str = ""
+    role: str = "encoder"
+    files: list[FileEntry] = field(default_factory=list)
     attrs: dict[str, Any] = field(default_factory=dict)  # e.g. accuracy, device, opset, degraded
 
-    @property
-    def path(self) -> str:
-        """The main file (the .onnx, the .xml of an IR pair, the engine)."""
-        return self.files[0].path
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = os.path.basename(os.fspath(self.path))
 
     def to_json(self) -> dict:
         return {"name": self.name, "kind": self.kind, "role": self.role, "precision": self.precision,
@@ -111,7 +119,90 @@ def _parse_artifact(d: Any, i: int) -> Artifact:
     attrs = d.get("attrs", {})
     if not isinstance(attrs, dict):
         raise BundleError(f"{where} ({name}): attrs must be an object")
-    return Artifact(str(name), kind, role, precision, entries, attrs)
+    return Artifact(kind, precision, entries[0].path, name=str(name), role=role, files=entries, attrs=attrs)
+
+
+@dataclass(frozen=True)
+class BundleMetadata:
+    """The manifest's ``metadata`` that the SDK runs by, read and checked when the bundle opens.
+
+    Attributes:
+        input_name: the encoder's input tensor (``input.name``).
+        input_size: side S of the encoder's ``(B, 3, S, S)`` input (``input.shape``).
+        crop_scale: SMIRK's square-side factor (``crop_policy.scale``).
+        outputs: parameter layout, name -> width (``outputs``); must equal the SDK's
+            (:data:`smirk_edge.results.PARAM_WIDTHS`).
+        face_model_id: ``face_model.id``, checked against the bundle's face-model file (None: unstated).
+        face_model_vertices: ``face_model.vertices`` (None: unstated).
+
+    Bundles written before a key existed get the value every export has written since (224 px,
+    scale 1.4, input ``image``, SMIRK's layout); a key that is present but wrong is a BundleError.
+    """
+
+    input_name: str = INPUT_NAME
+    input_size: int = CROP_SIZE
+    crop_scale: float = DEFAULT_SCALE
+    outputs: Mapping[str, int] = field(default_factory=lambda: dict(PARAM_WIDTHS))
+    face_model_id: str | None = None
+    face_model_vertices: int | None = None
+
+    @classmethod
+    def from_manifest(cls, meta: Mapping[str, Any], where: str) -> "BundleMetadata":
+        def fail(what: str) -> BundleError:
+            return BundleError(f"{where}: metadata {what}; re-export the bundle with 'smirk-edge export'")
+
+        def section(key: str) -> Mapping[str, Any]:
+            v = meta.get(key, {})
+            if not isinstance(v, Mapping):
+                raise fail(f"{key!r} must be an object")
+            return v
+
+        def positive_int(v: Any, what: str) -> int:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise fail(f"{what} must be a positive integer, got {v!r}")
+            return v
+
+        inp, policy, fm = section("input"), section("crop_policy"), section("face_model")
+        name = inp.get("name", cls.input_name)
+        if not isinstance(name, str) or not name:
+            raise fail(f"input.name must be a non-empty string, got {name!r}")
+        size = meta.get("input_size", cls.input_size)
+        if "shape" in inp:
+            shape = inp["shape"]
+            if not isinstance(shape, list) or len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
+                raise fail(f"input.shape must be [batch, 3, S, S], got {shape!r}")
+            size = shape[2]
+        size = positive_int(size, "input size")
+        if positive_int(policy.get("size", size), "crop_policy.size") != size:
+            raise fail(f"crop_policy.size {policy.get('size')} differs from the input size {size}")
+        scale = policy.get("scale", cls.crop_scale)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.5 <= scale <= 4.0:
+            raise fail(f"crop_policy.scale must be a number in [0.5, 4], got {scale!r}")
+        outputs = dict(PARAM_WIDTHS)
+        if "outputs" in meta:
+            raw = section("outputs")
+            try:
+                outputs = {k: v["width"] if isinstance(v, Mapping) else v for k, v in raw.items()}
+            except KeyError as exc:
+                raise fail(f"outputs.{exc.args[0]} lacks 'width'") from exc
+            if outputs != PARAM_WIDTHS:
+                raise fail(f"outputs {outputs} are not the SMIRK layout {PARAM_WIDTHS} this smirk-edge decodes")
+        fm_id = fm.get("id")
+        if fm_id is not None and not isinstance(fm_id, str):
+            raise fail(f"face_model.id must be a string, got {fm_id!r}")
+        fm_v = fm.get("vertices")
+        if fm_v is not None:
+            fm_v = positive_int(fm_v, "face_model.vertices")
+        return cls(name, size, float(scale), outputs, fm_id, fm_v)
+
+    def check_face_model(self, model_id: str, n_vertices: int, where: str) -> None:
+        """BundleError when the face-model file is not the one the metadata names."""
+        if self.face_model_vertices is not None and n_vertices != self.face_model_vertices:
+            raise BundleError(f"{where}: the face model has {n_vertices} vertices, the metadata says "
+                              f"{self.face_model_vertices} ({self.face_model_id}); re-export the bundle")
+        if self.face_model_id is not None and model_id != self.face_model_id:
+            raise BundleError(f"{where}: the face model is {model_id!r}, the metadata says {self.face_model_id!r}; "
+                              "re-export the bundle")
 
 
 class Bundle:
@@ -141,6 +232,7 @@ class Bundle:
             raise BundleError(f"{mpath}: 'artifacts' must be a list")
         self.manifest = manifest
         self.metadata: dict = manifest.get("metadata", {}) if isinstance(manifest.get("metadata"), dict) else {}
+        self.info = BundleMetadata.from_manifest(self.metadata, str(mpath))
         self.artifacts = [_parse_artifact(a, i) for i, a in enumerate(arts)]
         names = [a.name for a in self.artifacts]
         if len(set(names)) != len(names):
@@ -162,6 +254,31 @@ class Bundle:
         encs = self.find(role="encoder")
         have = {(a.kind, a.precision) for a in encs}
         return encs + [a for a in self.find(role="fused") if (a.kind, a.precision) not in have]
+
+    def runnable_encoders(self, precision: str | None = None) -> list[Artifact]:
+        """The :meth:`encoders` an SDK may run for ``precision`` (None: any precision).
+
+        Artifacts made only for building TensorRT engines (``intended_engine``) are never run
+        directly. Artifacts that failed the accuracy gate (``degraded``) are left out unless their
+        precision is asked for explicitly, and then used with a RuntimeWarning.
+        Raises BundleError when nothing is left.
+        """
+        import warnings
+
+        encoders = self.encoders()
+        if not encoders:
+            raise BundleError(f"bundle {self.root} has no encoder artifact")
+        usable = [a for a in encoders if a.attrs.get("intended_engine") in (None, "any")]
+        if precision is None:
+            usable = [a for a in usable if not a.attrs.get("degraded")]
+        else:
+            for a in usable:
+                if a.precision == precision and a.attrs.get("degraded"):
+                    warnings.warn(f"{a.name} failed the bundle's accuracy gate (marked degraded) and is used "
+                                  f"because precision={precision!r} was asked for", RuntimeWarning, stacklevel=3)
+        if not usable:
+            raise BundleError(f"bundle {self.root} has no encoder artifact that passed the accuracy gate")
+        return usable
 
     def get(self, name: str) -> Artifact:
         for a in self.artifacts:
@@ -246,7 +363,7 @@ class BundleWriter:
             if src.resolve() != dst.resolve():
                 (shutil.move if move else shutil.copyfile)(src, dst)
             entries.append(FileEntry(rel, sha256_file(dst), dst.stat().st_size))
-        art = Artifact(name, kind, role, precision, entries, dict(attrs or {}))
+        art = Artifact(kind, precision, entries[0].path if entries else "", name=name, role=role, files=entries, attrs=dict(attrs or {}))
         _parse_artifact(art.to_json(), 0)  # same validation as reading
         self.artifacts[name] = art
         return art

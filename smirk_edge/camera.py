@@ -37,3 +37,15 @@ def pixels_to_ndc(px: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
 def project(points: np.ndarray, cam: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     """Model-frame points ``(B, N, 3)`` -> crop pixels ``(B, N, 3)`` (x, y, depth in pixel units)."""
     return ndc_to_pixels(project_ndc(points, cam), size)
+
+
+def model_to_crop_affine(cam: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+    """The x, y part of :func:`project` as a ``(2, 3)`` affine: model-frame (X, Y) metres -> crop pixels.
+
+    ``px = (s(X + tx) + 1) * size/2``, ``py = (1 - s(Y + ty)) * size/2`` for ``cam = (s, tx, ty)``.
+    Composed with an inverse crop transform it maps the model frame to image pixels
+    (:func:`smirk_edge.pipeline.image_affines`).
+    """
+    s, tx, ty = (float(v) for v in np.asarray(cam).reshape(3))
+    h = size / 2.0
+    return np.array([[h * s, 0.0, h * (s * tx + 1.0)], [0.0, -h * s, h * (1.0 - s * ty)]])

@@ -17,7 +17,7 @@ from ._version import __version__
 from .errors import SmirkEdgeError
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
+def info_run(args: argparse.Namespace) -> int:
     from .system import describe
 
     info = describe(probe=True)
@@ -57,49 +57,56 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _info_args(p: argparse.ArgumentParser) -> None:
+def info_add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the machine description as JSON")
 
 
 @dataclass(frozen=True)
 class Subcommand:
-    """One subcommand: ``module`` holds ``add_arguments(parser)`` and ``run(args) -> int``.
+    """One subcommand, declared one way: the module and the names of its two entry points.
 
-    The module must be light to import (argparse only at module level): ``run`` imports the
-    heavy parts, so ``smirk-edge --help`` and device-side commands never load torch.
+    ``module.<add_arguments>(parser)`` declares the arguments and ``module.<run>(args) -> int`` runs
+    them. With ``own_parser=True`` the module parses its own arguments: ``module.<run>(argv) -> int``.
+    The module must be light to import (argparse only at module level): ``run`` imports the heavy
+    parts, so ``smirk-edge --help`` and device-side commands never load torch.
     """
 
     help: str
-    module: str | None = None
-    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
-    run: Callable[[argparse.Namespace], int] | None = None
-    main: str | None = None  # name of a ``main(argv) -> int`` in ``module`` that parses its own arguments
+    module: str
+    add_arguments: str = "add_arguments"
+    run: str = "run"
+    own_parser: bool = False
+
+    def entry(self) -> Callable:
+        return getattr(importlib.import_module(self.module), self.run)
 
     def resolve(self) -> tuple[Callable, Callable]:
-        if self.module is None:
-            return self.add_arguments, self.run
         mod = importlib.import_module(self.module)
-        return mod.add_arguments, mod.run
+        return getattr(mod, self.add_arguments), getattr(mod, self.run)
 
 
+_TRAINING = "smirk_edge.training.cli"
+_EXPORT = "smirk_edge.export.cli"
 SUBCOMMANDS: dict[str, Subcommand] = {
-    "info": Subcommand("engines found, versions, CPU and GPU of this machine", add_arguments=_info_args,
-                       run=_cmd_info),
+    "info": Subcommand("engines found, versions, CPU and GPU of this machine", __name__,
+                       "info_add_arguments", "info_run"),
     "reconstruct": Subcommand("reconstruct faces in images, folders and videos: overlays, meshes, JSON",
                               "smirk_edge.reconstruct_cli"),
     "annotate": Subcommand("MediaPipe landmarks for image folders (training labels; needs a MediaPipe side environment)",
                            "smirk_edge.training.annotate"),
-    "train": Subcommand("train SMIRK stage 1 or 2 from a config file", "smirk_edge.training.cli_train"),
-    "finetune": Subcommand("fine-tune a checkpoint on site data", "smirk_edge.training.cli_finetune"),
+    "train": Subcommand("train SMIRK stage 1 or 2 from a config file", _TRAINING, "train_add_arguments", "train_run"),
+    "finetune": Subcommand("fine-tune a checkpoint on site data", _TRAINING, "finetune_add_arguments",
+                           "finetune_run"),
     "evaluate": Subcommand("evaluate a checkpoint or bundle: landmark NME, synthetic recovery, expression probe",
-                           "smirk_edge.training.cli_evaluate"),
-    "pack": Subcommand("pack annotated photos into compact training shards", "smirk_edge.training.cli_pack"),
+                           _TRAINING, "evaluate_add_arguments", "evaluate_run"),
+    "pack": Subcommand("pack annotated photos into compact training shards", _TRAINING, "pack_add_arguments",
+                       "pack_run"),
     "export": Subcommand("export a checkpoint to a gated bundle: ONNX fp32/fp16/int8, OpenVINO IR, fused graph",
-                         "smirk_edge.export.cli", main="export_main"),
+                         _EXPORT, run="export_main", own_parser=True),
     "build-engine": Subcommand("build a TensorRT 10 engine from a bundle on the target GPU",
-                               "smirk_edge.export.cli", main="build_engine_main"),
+                               _EXPORT, run="build_engine_main", own_parser=True),
     "selftest": Subcommand("check a bundle's engine against the golden fp32 outputs on this machine",
-                           "smirk_edge.export.cli", main="selftest_main"),
+                           _EXPORT, run="selftest_main", own_parser=True),
     "bench": Subcommand("latency, throughput and memory per stage and engine; JSON/CSV/Markdown/plots",
                         "smirk_edge.benchmarks.cli"),
     "convert-flame": Subcommand("convert licensed FLAME 2020 + SMIRK assets into a smirk-edge face model (.npz)",
@@ -112,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"smirk-edge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, spec in SUBCOMMANDS.items():
-        if spec.main is not None:  # parses its own arguments; listed here for --help only
+        if spec.own_parser:  # parses its own arguments; listed here for --help only
             sub.add_parser(name, help=spec.help, description=spec.help, add_help=False)
             continue
         add_arguments, run = spec.resolve()
@@ -124,9 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS and SUBCOMMANDS[argv[0]].main is not None:
-        spec = SUBCOMMANDS[argv[0]]
-        entry = getattr(importlib.import_module(spec.module), spec.main)
+    if argv and argv[0] in SUBCOMMANDS and SUBCOMMANDS[argv[0]].own_parser:
+        entry = SUBCOMMANDS[argv[0]].entry()
         try:
             return int(entry(argv[1:]) or 0)
         except KeyboardInterrupt:

@@ -22,6 +22,8 @@ from .errors import InputError
 
 CROP_SIZE = 224
 DEFAULT_SCALE = 1.4
+INPUT_NAME = "image"
+"""Name of the encoder's input tensor in every exported graph."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ class BoxMapping:
         return np.array([cx - hw, cy - hh, cx + hw, cy + hh])
 
 
-# Calibrated by benchmarks/box_calibration.py on 26k MediaPipe-annotated faces, 20% held out
+# Calibrated by training/box_calibration.py on 26k MediaPipe-annotated faces, 20% held out
 # (docs/crop.md): held-out crop IoU against the exact SMIRK crop 0.911 (detector box) and 0.935
 # (105-landmark box with the yaw terms).
 DETECTOR_TO_LANDMARK_BOX = BoxMapping(-0.0042, -0.0233, 0.8960, 1.0298)
@@ -156,10 +158,12 @@ def to_tensor(crops_bgr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def preprocess(image_bgr: np.ndarray, transforms: list[CropTransform]) -> np.ndarray:
-    """Warp one BGR uint8 frame once per face and return the encoder batch ``(B, 3, S, S)``."""
+def preprocess(image_bgr: np.ndarray, transforms: list[CropTransform], size: int = CROP_SIZE) -> np.ndarray:
+    """Warp one BGR uint8 frame once per face and return the encoder batch ``(B, 3, S, S)``.
+
+    ``size`` is the side of the (empty) batch when there is no transform; otherwise each
+    transform's own size is used."""
     if not transforms:
-        size = CROP_SIZE
         return np.zeros((0, 3, size, size), np.float32)
     crops = np.stack([t.warp(image_bgr) for t in transforms])
     return to_tensor(crops)

@@ -1,9 +1,9 @@
 """Face detection with BlazeFace (MediaPipe's short- and full-range face detectors, as ONNX).
 
-numpy + OpenCV only; the network runs in whatever *runner* the caller hands in: any object with
-``infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]`` (the ``smirk_edge.runtimes``
-contract). Without one, a private onnxruntime fallback (:class:`_OrtRunner`) opens the model
-shipped in ``smirk_edge/assets``.
+numpy + OpenCV only; the network runs in a :class:`smirk_edge.runtimes.Runner` (any object with
+``infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]`` will do). Without one, an
+ONNX Runtime runner (:func:`smirk_edge.runtimes.make_runner`, one thread) opens the model shipped
+in ``smirk_edge/assets``; :func:`open_detector` opens a bundle's detector artifacts on any engine.
 
 Models (converted by ``export/detector/convert_blazeface.py``; see ``assets/NOTICE.blazeface.md``)
 
@@ -69,12 +69,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Mapping
 
 import cv2
 import numpy as np
 
 from .errors import InputError
+
+if TYPE_CHECKING:  # the contract lives in smirk_edge.runtimes; the core never imports it eagerly
+    from .runtimes.base import Runner
 
 __all__ = [
     "KEYPOINT_NAMES",
@@ -89,6 +92,7 @@ __all__ = [
     "iou",
     "letterbox",
     "model_path",
+    "open_detector",
     "weighted_nms",
 ]
 
@@ -99,12 +103,6 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 INPUT_NAME = "input"
 OUTPUT_REGRESSORS = "regressors"
 OUTPUT_SCORES = "classificators"
-
-
-class Runner(Protocol):
-    """What :class:`FaceDetector` needs from an engine adapter."""
-
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -349,33 +347,12 @@ class Detections:
         return int(self.scores.shape[0])
 
 
-class _OrtRunner:
-    """Private fallback runner: onnxruntime CPU session over an ONNX file, opened on first use.
+def _default_runner(variant: str, engine: str = "onnxruntime", threads: int | None = 1) -> "Runner":
+    """An active runner of ``engine`` for the shipped model of ``variant``."""
+    from .runtimes import registry
 
-    Only for tests and scripts until ``smirk_edge.runtimes`` provides the real runners.
-    ``threads``: intra-op threads (0 = onnxruntime's default).
-    """
-
-    def __init__(self, path: str | Path, threads: int = 1):
-        self.path = str(path)
-        self.threads = threads
-        self._session = None
-
-    def _open(self):
-        from ._lazy import require
-
-        ort = require("onnxruntime")
-        opts = ort.SessionOptions()
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
-            opts.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
-        return self._session
-
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        sess = self._session or self._open()
-        names = [o.name for o in sess.get_outputs()]
-        return dict(zip(names, sess.run(names, feed)))
+    return registry.make_runner(engine, model_path(variant),
+                                **registry.ENGINES[engine].runner_options(threads, None)).activate()
 
 
 class FaceDetector:
@@ -385,11 +362,12 @@ class FaceDetector:
         runner: object with ``infer(feed) -> dict`` for the variant's ONNX model (feed
             ``{"input": (B, 3, S, S) float32}``, returns ``regressors`` and ``classificators``),
             or a mapping ``{"short": runner, "full": runner}`` (needed by ``"auto"``); ``None``
-            opens the shipped models with onnxruntime (1 thread each).
+            opens the shipped models with ONNX Runtime runners (1 thread each), which
+            :meth:`close` releases.
         variant: ``"short"`` (128 px input: faces large in the frame, face crops),
             ``"full"`` (192 px: small / distant faces) or ``"auto"`` (default: both on the whole
             frame, merged by one NMS). Measured on the shared photos (see
-            ``benchmarks/detector_recall.py``): the short-range model alone finds about half of
+            ``training/detector_recall.py``): the short-range model alone finds about half of
             the >= 40 px faces in 500 px group photos, the full-range model alone finds only
             about a quarter of the faces in tight face crops (UTKFace 200 px); together they find
             both (at the cost of running both networks).
@@ -410,7 +388,7 @@ class FaceDetector:
     #: ~12 px in the 192 px input.
     TILE_FACTOR = 16
 
-    def __init__(self, runner: Runner | Mapping[str, Runner] | None = None, variant: str = "auto",
+    def __init__(self, runner: "Runner | Mapping[str, Runner] | None" = None, variant: str = "auto",
                  score_threshold: float | None = None, iou_threshold: float = 0.3,
                  max_faces: int = 64, nms: str = "weighted", min_face: int | None = None,
                  tile_batch: int = 16):
@@ -440,9 +418,11 @@ class FaceDetector:
             needed.append("full")  # tiles run the full-range model
         self._whole = ["short", "full"] if variant == "auto" else [variant]
         self._runners: dict[str, Runner] = {}
+        self._owned: list[Runner] = []
         for v in needed:
             if runner is None:
-                r = _OrtRunner(model_path(v))
+                r = _default_runner(v)
+                self._owned.append(r)
             elif isinstance(runner, Mapping):
                 if v not in runner:
                     raise InputError(f"this configuration needs a runner for {v!r}; pass "
@@ -454,6 +434,17 @@ class FaceDetector:
                                      "models: pass {'short': runner, 'full': runner}")
                 r = runner
             self._runners[v] = r
+
+    @property
+    def runners(self) -> "dict[str, Runner]":
+        """The runner of each variant this detector uses."""
+        return dict(self._runners)
+
+    def close(self) -> None:
+        """Deactivate the runners this detector opened itself (``runner=None``)."""
+        for r in self._owned:
+            if getattr(r, "is_active", False):
+                r.deactivate()
 
     # -- network passes ---------------------------------------------------------------------
     def _threshold(self, v: str) -> float:
@@ -570,3 +561,22 @@ class FaceDetector:
         return Detections(b.astype(np.float32), s.astype(np.float32), k.astype(np.float32))
 
     __call__ = detect
+
+
+def open_detector(bundle: Any, engine: str | None = None, threads: int | None = None, variant: str = "auto",
+                  score_threshold: float | None = None, max_faces: int = 64) -> FaceDetector:
+    """A :class:`FaceDetector` on real runners: the bundle's ``detector`` artifacts (else the models
+    shipped in ``smirk_edge/assets``) opened with ``engine`` (default: the first installed of
+    OpenVINO and ONNX Runtime, :func:`smirk_edge.runtimes.registry.detector_engine`).
+    The detector's :meth:`FaceDetector.close` releases the runners."""
+    from .runtimes import registry
+
+    engine = registry.detector_engine(engine)
+    arts = {a.attrs.get("variant", a.name): a for a in bundle.find(role="detector")} if bundle is not None else {}
+    runners = {}
+    for v in MODELS:
+        path = bundle.main_path(arts[v]) if v in arts else model_path(v)
+        runners[v] = registry.make_runner(engine, path, **registry.ENGINES[engine].runner_options(threads, None)).activate()
+    det = FaceDetector(runners, variant=variant, score_threshold=score_threshold, max_faces=max_faces)
+    det._owned = list(runners.values())
+    return det

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import Sequence
 
 import cv2
@@ -134,3 +136,13 @@ def draw(image: np.ndarray, faces: Sequence[Face], mesh: bool = True, landmarks:
             for x, y in f.landmarks68:
                 cv2.circle(out, (int(round(x)), int(round(y))), radius + 1, (60, 220, 60), -1, cv2.LINE_AA)
     return out
+
+
+class _DrawModule(types.ModuleType):
+    """This module is also the function: ``smirk_edge.draw(frame, faces)`` calls :func:`draw`."""
+
+    def __call__(self, image: np.ndarray, faces: Sequence[Face], **options) -> np.ndarray:
+        return draw(image, faces, **options)
+
+
+sys.modules[__name__].__class__ = _DrawModule

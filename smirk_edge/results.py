@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -40,7 +41,7 @@ class Params:
     jaw: np.ndarray
 
     @classmethod
-    def from_outputs(cls, outputs: dict[str, np.ndarray], index: int) -> "Params":
+    def from_outputs(cls, outputs: Mapping[str, np.ndarray], index: int) -> "Params":
         return cls(**{k: np.asarray(outputs[k][index], np.float32).copy() for k in PARAM_WIDTHS})
 
     def to_dict(self) -> dict[str, list[float]]:
@@ -96,7 +97,8 @@ class Face:
         head_pose: ``(3,)`` yaw, pitch, roll in degrees (:func:`head_pose_degrees`).
         crop_matrix: ``(2, 3)`` image -> 224 crop affine used for the final encoding.
         track_id: stable id across frames in ``stream()``; -1 for single images.
-        timings: per-stage milliseconds of the call that produced this face (shared by its faces).
+        timings: per-stage milliseconds of the call that produced this face (each face holds its
+            own copy; :attr:`FrameResult.timings` is the call's).
         engine: which engine ran the encoder (e.g. ``onnxruntime:CPUExecutionProvider fp32``).
     """
 
@@ -109,7 +111,7 @@ class Face:
     score: float
     head_pose: np.ndarray
     crop_matrix: np.ndarray
-    faces: np.ndarray = field(repr=False, default=None)  # (F, 3) triangles of the face model
+    faces: np.ndarray | None = field(repr=False, default=None)  # (F, 3) triangles of the face model
     track_id: int = -1
     timings: dict[str, float] = field(default_factory=dict)
     engine: str = ""
@@ -144,5 +146,38 @@ class Face:
 
         if space not in ("model", "image"):
             raise ValueError(f"space must be 'model' or 'image', got {space!r}")
+        if self.faces is None:
+            from .errors import InputError
+
+            raise InputError("this face carries no triangles (Face.faces is None): nothing to write")
         verts = self.vertices if space == "model" else self.vertices_image
         return write_mesh(path, verts, self.faces)
+
+
+class FrameResult(list):
+    """The faces of one call (``rec(image)``, one frame of ``rec.stream()``), with what the call measured.
+
+    A ``list[Face]`` (so ``faces[0]``, ``len(faces)`` and ``faces == []`` work as before) that also
+    carries:
+
+    Attributes:
+        timings: per-stage milliseconds of this call (``detect``, ``crop``, ``encode``, ``decode``,
+            ``project``, ``smooth``, ``total``...).
+        errors: the errors that made this call give no faces (a skipped video frame); empty otherwise.
+        frame_index: the frame index in ``stream()``; None for single images.
+    """
+
+    def __init__(self, faces: "list[Face] | tuple[Face, ...]" = (), timings: dict[str, float] | None = None,
+                 errors: "list[Exception] | tuple[Exception, ...]" = (), frame_index: int | None = None):
+        super().__init__(faces)
+        self.timings: dict[str, float] = dict(timings or {})
+        self.errors: list[Exception] = list(errors)
+        self.frame_index = frame_index
+
+    @property
+    def faces(self) -> "list[Face]":
+        """The faces as a plain list."""
+        return list(self)
+
+    def __repr__(self) -> str:
+        return f"FrameResult({len(self)} faces, total={self.timings.get('total', 0.0):.1f} ms, errors={len(self.errors)})"

@@ -105,7 +105,7 @@ def test_not_a_bundle(tmp_path):
 
 
 def _onnx_with_external(tmp_path, location):
-    onnx = pytest.importorskip("onnx", reason="needs onnx to write a test model")
+    pytest.importorskip("onnx", reason="needs onnx to write a test model")
     from onnx import TensorProto, helper
 
     w = helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0])
@@ -148,7 +148,7 @@ def test_onnx_external_data_must_stay_in_the_artifact(tmp_path, location, listed
 
 
 def test_onnx_guard_finds_locations_in_subgraphs_and_rejects_garbage():
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     from smirk_edge.onnx_guard import external_data_locations

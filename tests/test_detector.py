@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from smirk_edge.detector import (KEYPOINT_NAMES, MODELS, Detections, FaceDetector,
-                                 _OrtRunner, decode, generate_anchors, hard_nms, iou, letterbox,
+                                 decode, generate_anchors, hard_nms, iou, letterbox,
                                  model_path, weighted_nms)
 from smirk_edge.errors import InputError
 
@@ -184,7 +184,10 @@ def test_shipped_onnx_runs_with_dynamic_batch(variant, batch):
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     s, n = MODELS[variant].input_size, MODELS[variant].num_anchors
     x = np.random.default_rng(1).uniform(-1, 1, (batch, 3, s, s)).astype(np.float32)
-    out = _OrtRunner(model_path(variant)).infer({"input": x})
+    from smirk_edge.runtimes import make_runner
+
+    with make_runner("onnxruntime", model_path(variant), threads=1) as r:
+        out = r.infer({"input": x})
     assert out["regressors"].shape == (batch, n, 16)
     assert out["classificators"].shape == (batch, n, 1)
     assert np.isfinite(out["regressors"]).all()
@@ -324,7 +327,7 @@ def _recall(det, min_size=40.0):
 @pytest.mark.onnxruntime
 @pytest.mark.parametrize("variant,minimum", [("full", 0.9), ("auto", 0.9), ("short", 0.4)])
 def test_recall_on_real_photos(variant, minimum):
-    # measured (benchmarks/detector_recall.py): full 21/21, auto 21/21, short 11/21
+    # measured (training/detector_recall.py): full 21/21, auto 21/21, short 11/21
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     rec, total = _recall(FaceDetector(variant=variant))
     assert total >= 15

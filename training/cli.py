@@ -1,8 +1,7 @@
 """Command lines of ``smirk-edge train``, ``finetune``, ``evaluate`` and ``pack``.
 
-Light at import (argparse only): each ``*_run`` imports torch and the training code. The modules
-``cli_train``, ``cli_finetune``, ``cli_evaluate`` and ``cli_pack`` expose one pair each as
-``add_arguments`` / ``run`` for :data:`smirk_edge.cli.SUBCOMMANDS`.
+Light at import (argparse only): each ``*_run`` imports torch and the training code.
+:data:`smirk_edge.cli.SUBCOMMANDS` names each ``<command>_add_arguments`` / ``<command>_run`` pair.
 
 Also runnable directly (what torchrun and ``training/gpu_run.sh`` use)::
 

@@ -29,7 +29,7 @@ from the mapped box vs from the exact 478 box. The identity mapping is reported 
 
 Usage (from the repository root; annotations made with ``smirk-edge annotate``)::
 
-    python benchmarks/box_calibration.py /work/cache/annotations /work/cache/annotations-photos \
+    python training/box_calibration.py /work/cache/annotations /work/cache/annotations-photos \
         --out runs/box_calibration.json
 
 Writes a JSON report (fitted mappings, per-subset residuals, versions) and prints a table.

@@ -27,8 +27,8 @@ does (``mosaic-3@2.67`` is about 4000 px wide).
 
 Usage (from the repository root)::
 
-    python benchmarks/detector_recall.py --out runs/detector_recall.json
-    python benchmarks/detector_recall.py --timing      # also single-thread latency, median of 100
+    python training/detector_recall.py --out runs/detector_recall.json
+    python training/detector_recall.py --timing      # also single-thread latency, median of 100
 
 Writes one JSON row per (scene, configuration) with the versions, and prints a table.
 """
@@ -49,7 +49,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from smirk_edge.detector import MODELS, FaceDetector, _OrtRunner, iou, letterbox, model_path
+from smirk_edge.detector import MODELS, FaceDetector, iou, letterbox, model_path
+from smirk_edge.runtimes import make_runner
 
 
 def default_data_dir() -> Path:
@@ -162,7 +163,7 @@ CONFIGS = {
 
 
 def evaluate(samples, scenes, configs, min_size, thr, criterion, score_threshold):
-    runners = {v: _OrtRunner(model_path(v), threads=1) for v in MODELS}
+    runners = {v: make_runner("onnxruntime", model_path(v), threads=1).activate() for v in MODELS}
     rows = []
     for cname in configs:
         kw = dict(CONFIGS[cname])
@@ -205,7 +206,7 @@ def timing(photos: Path, runs: int = 100) -> list[dict]:
         return round(statistics.median(ts), 3), round(ts[int(0.9 * len(ts)) - 1], 3)
 
     for v, spec in MODELS.items():
-        r = _OrtRunner(model_path(v), threads=1)
+        r = make_runner("onnxruntime", model_path(v), threads=1).activate()
         x, _ = letterbox(img, spec.input_size)
         feed = {"input": x[None]}
         med, p90 = measure(lambda: r.infer(feed))

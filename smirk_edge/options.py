@@ -1,0 +1,127 @@
+"""``ReconstructorOptions``: every setting of a :class:`~smirk_edge.Reconstructor`, checked once.
+
+Each bad value raises :class:`~smirk_edge.errors.OptionError` (a ``ValueError``) when the options
+are made, naming the option, the value and what is accepted; nothing is corrected silently.
+Imports numpy-free leaves only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import OptionError
+from .smoothing import OneEuroConfig
+
+BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+DETECTORS = ("auto", "short", "full")
+ON_ERROR = ("report", "raise")
+MAX_THREADS = 256
+"""Upper bound of ``threads``: engines allocate a pool per thread, so 1000 stalls for minutes and
+100000 exhausts memory; no machine this SDK targets has more cores."""
+MAX_FACES = 256
+
+
+def choice(what: str, value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else :class:`OptionError` with a closest-match hint."""
+    if isinstance(value, str) and value in choices:
+        return value
+    near = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    raise OptionError(f"{what} must be one of {list(choices)}, got {value!r}{hint}")
+
+
+def _integer(what: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise OptionError(f"{what} must be an integer in [{low}, {high}], got {value!r}")
+    if not low <= int(value) <= high:
+        raise OptionError(f"{what} must be in [{low}, {high}], got {value}")
+    return int(value)
+
+
+def _real(what: str, value: Any, low: float, high: float, open_low: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
+        raise OptionError(f"{what} must be a number, got {value!r}")
+    v = float(value)
+    if v < low or v > high or (open_low and v == low):
+        raise OptionError(f"{what} {v} is outside {'(' if open_low else '['}{low}, {high}]")
+    return v
+
+
+@dataclass(frozen=True)
+class ReconstructorOptions:
+    """Settings of a :class:`~smirk_edge.Reconstructor` (validated in ``__post_init__``).
+
+    Attributes:
+        backend: ``"auto"`` (fastest engine that can open an encoder artifact), ``"onnxruntime"``,
+            ``"openvino"``, ``"tensorrt"`` or ``"torch"``.
+        precision: ``"fp32"``, ``"fp16"``, ``"bf16"``, ``"int8"`` or None (prefer fp32; artifacts
+            that failed the accuracy gate are used only when their precision is asked for).
+        device: engine device (``"cpu"``, ``"cuda"``, OpenVINO ``"GPU"``/``"NPU"``...), or None.
+        refine: re-crop from the predicted landmarks and encode again (the crop SMIRK was trained on).
+        max_faces: at most this many faces per image (largest first), 1..256.
+        crop_scale: SMIRK crop scale in [0.5, 4]; None takes the bundle's ``crop_policy.scale``.
+        detector: ``"auto"``, ``"short"`` or ``"full"`` (see :mod:`smirk_edge.detector`).
+        score_threshold: detector confidence threshold in (0, 1).
+        threads: engine threads, 1..256 (None = engine default).
+        smoothing: One-Euro parameters for ``stream()``.
+        redetect_every: in ``stream()``, run the detector every N frames even while tracking (>= 1).
+        align_roll: a face rolled more than this many degrees in the image gets a crop rotated
+            upright; None keeps every crop upright.
+    """
+
+    backend: str = "auto"
+    precision: str | None = None
+    device: str | None = None
+    refine: bool = True
+    max_faces: int = 8
+    crop_scale: float | None = None
+    detector: str = "auto"
+    score_threshold: float = 0.5
+    threads: int | None = None
+    smoothing: OneEuroConfig = field(default_factory=OneEuroConfig)
+    redetect_every: int = 15
+    align_roll: float | None = 15.0
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
+        choice("backend", self.backend, BACKENDS)
+        if self.precision is not None:
+            choice("precision", self.precision, PRECISIONS)
+        if self.device is not None and (not isinstance(self.device, str) or not self.device.strip()):
+            raise OptionError(f"device must be a non-empty string or None, got {self.device!r}")
+        if not isinstance(self.refine, bool):
+            raise OptionError(f"refine must be True or False, got {self.refine!r}")
+        set_("max_faces", _integer("max_faces", self.max_faces, 1, MAX_FACES))
+        if self.crop_scale is not None:
+            set_("crop_scale", _real("crop_scale", self.crop_scale, 0.5, 4.0))
+        choice("detector", self.detector, DETECTORS)
+        set_("score_threshold", _real("score_threshold", self.score_threshold, 0.0, 1.0, open_low=True))
+        if self.score_threshold >= 1.0:
+            raise OptionError(f"score_threshold must be below 1, got {self.score_threshold}")
+        if self.threads is not None:
+            set_("threads", _integer("threads", self.threads, 1, MAX_THREADS))
+        if not isinstance(self.smoothing, OneEuroConfig):
+            raise OptionError(f"smoothing must be a OneEuroConfig, got {type(self.smoothing).__name__}")
+        set_("redetect_every", _integer("redetect_every", self.redetect_every, 1, 1_000_000))
+        if self.align_roll is not None:
+            set_("align_roll", _real("align_roll", self.align_roll, 0.0, 180.0))
+
+    @classmethod
+    def from_keywords(cls, base: "ReconstructorOptions | None" = None, **keywords: Any) -> "ReconstructorOptions":
+        """``base`` (or the defaults) with ``keywords`` replaced; unknown names raise OptionError."""
+        known = [f.name for f in fields(cls)]
+        for k in keywords:
+            if k not in known:
+                near = difflib.get_close_matches(k, known, n=1)
+                raise OptionError(f"unknown Reconstructor option {k!r}"
+                                  f"{f' (did you mean {near[0]!r}?)' if near else ''}; known: {known}")
+        return replace(base, **keywords) if base is not None else cls(**keywords)
+
+
+def check_on_error(value: Any) -> str:
+    """The ``on_error`` argument of ``stream()``: ``"report"`` or ``"raise"``."""
+    return choice("on_error", value, ON_ERROR)

@@ -1,0 +1,355 @@
+"""The frame pipeline as named stages: one mostly pure function per stage, arrays in, arrays out.
+
+=========  ===========================  =====================================================
+stage      function                     in -> out
+=========  ===========================  =====================================================
+detect     :func:`detect`               BGR frame -> :class:`Detected` (landmark boxes, scores,
+                                        in-image roll from the eye keypoints)
+crop       :func:`crop`                 frame + boxes (+ rolls) -> :class:`Crops` (crop
+                                        transforms and the encoder batch ``(B, 3, S, S)``)
+encode     :func:`encode`               batch -> parameter arrays ``{"pose": (B, 3), ...}``
+decode     :func:`decode`               parameters -> :class:`~smirk_edge.face_model.FaceGeometry`
+                                        (model frame, metres)
+project    :func:`project`              geometry + model->image affines -> :class:`Projected`
+                                        (image pixels); :func:`image_affines` makes the affines
+refine     :func:`refine`               first pass -> landmark boxes and rolls for the second crop
+smooth     :func:`smooth`               one track's filters + parameters + affine -> smoothed ones
+assemble   :func:`assemble`             everything above -> ``list[Face]``
+=========  ===========================  =====================================================
+
+Tracking (``track`` in the design) is :class:`smirk_edge.tracking.Tracker`, built on these stages.
+:class:`Stages` binds the resources a stage needs (detector, encoder runner, face model, crop
+policy) so that :class:`~smirk_edge.Reconstructor` and the tracker compose the same calls.
+
+Every function here takes and returns numpy arrays and plain records, so a torch implementation
+(upload once, crop with ``grid_sample`` from the same crop matrices, encode, decode, project) can
+mirror it stage by stage.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Protocol, Sequence, Union
+
+import numpy as np
+
+from .crop import (CROP_SIZE, DEFAULT_SCALE, DETECTOR_TO_LANDMARK_BOX, INPUT_NAME, LANDMARK105_TO_LANDMARK_BOX, CropTransform,
+                   crop_from_box, preprocess, square_from_box, transform_from_square)
+from .errors import InputError, SmirkEdgeError
+from .face_model import FaceGeometry, FaceModel
+from .face_model.model import rodrigues, yaw_degrees
+from .results import PARAM_WIDTHS, Face, Params, crop_roll_degrees, head_pose_degrees
+from .smoothing import OneEuroFilter
+
+__all__ = [
+    "CropPolicy", "Crops", "Detected", "Projected", "StageTimer", "Stages",
+    "detect", "crop", "crop_transforms", "encode", "decode", "image_affines", "project", "head_poses",
+    "landmark_boxes", "refine", "smooth", "assemble",
+]
+
+
+# ---------------------------------------------------------------------------------------------- records
+Rolls = Union[np.ndarray, Sequence[float], None]
+"""In-image roll per face, degrees counter-clockwise (None: every crop upright)."""
+
+
+class Detector(Protocol):
+    """What :func:`detect` needs: ``detect(image) -> Detections`` (see :mod:`smirk_edge.detector`)."""
+
+    def detect(self, image_bgr: np.ndarray) -> Any: ...
+
+
+class EncoderRunner(Protocol):
+    """What :func:`encode` needs: the :class:`smirk_edge.runtimes.Runner` contract's ``infer``."""
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class CropPolicy:
+    """SMIRK's crop policy as the bundle's metadata states it (``crop_policy``, ``input``).
+
+    Attributes:
+        scale: square side = mean box side * ``scale`` (1.4 in SMIRK's demo).
+        size: crop side in pixels, the encoder's input size (224).
+        align_roll: faces rolled more than this (degrees, in the image) get a crop rotated upright;
+            None keeps every crop upright.
+    """
+
+    scale: float = DEFAULT_SCALE
+    size: int = CROP_SIZE
+    align_roll: float | None = 15.0
+
+
+@dataclass
+class Detected:
+    """Output of :func:`detect`, largest face first.
+
+    ``boxes`` ``(N, 4)`` x0, y0, x1, y1 image pixels: the landmark box SMIRK's crop expects (mapped
+    from the detector box); ``scores`` ``(N,)`` in (0, 1); ``rolls`` ``(N,)`` degrees
+    counter-clockwise in the image, from the eye keypoints.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    rolls: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+@dataclass
+class Crops:
+    """Output of :func:`crop`: one transform per face and the encoder batch ``(B, 3, S, S)`` RGB [0, 1]."""
+
+    transforms: list[CropTransform]
+    batch: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.transforms)
+
+
+@dataclass
+class Projected:
+    """Output of :func:`project`, image pixels.
+
+    ``affines`` ``(B, 2, 3)``: model-frame (X, Y) metres -> image pixels; ``vertices`` ``(B, V, 3)``
+    x, y and depth (pixels, smaller = nearer); ``landmarks68`` ``(B, 68, 2)``; ``landmarks105``
+    ``(B, 105, 2)``.
+    """
+
+    affines: np.ndarray
+    vertices: np.ndarray
+    landmarks68: np.ndarray
+    landmarks105: np.ndarray
+
+
+@dataclass
+class StageTimer:
+    """Per-stage milliseconds of one call; ``with timer("encode"): ...`` adds to a stage."""
+
+    ms: dict[str, float] = field(default_factory=dict)
+    start: float = field(default_factory=time.perf_counter)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - t0) * 1e3
+
+    def finish(self) -> dict[str, float]:
+        """The timings with ``total`` (since the timer was made) filled in."""
+        self.ms["total"] = (time.perf_counter() - self.start) * 1e3
+        return self.ms
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def detect(detector: Detector, image: np.ndarray, max_faces: int) -> Detected:
+    """Stage *detect*: faces of one BGR uint8 frame, the ``max_faces`` largest, as landmark boxes."""
+    det = detector.detect(image)
+    order = np.argsort(-((det.boxes[:, 2] - det.boxes[:, 0]) * (det.boxes[:, 3] - det.boxes[:, 1])))[:max_faces]
+    boxes = np.array([DETECTOR_TO_LANDMARK_BOX.apply(b) for b in det.boxes[order]]).reshape(-1, 4)
+    eyes = det.keypoints[order][:, 1] - det.keypoints[order][:, 0]  # subject's right eye -> left eye
+    rolls = np.degrees(np.arctan2(-eyes[:, 1], eyes[:, 0])) if len(order) else np.zeros(0)
+    return Detected(boxes, det.scores[order], rolls)
+
+
+def crop_transforms(boxes: np.ndarray, rolls: Rolls, policy: CropPolicy) -> list[CropTransform]:
+    """SMIRK's crop of each landmark box, rotated upright where the face is rolled past ``policy.align_roll``."""
+    angles = np.zeros(len(boxes)) if rolls is None else np.asarray(rolls, np.float64)
+    out = []
+    for box, roll in zip(boxes, angles):
+        if policy.align_roll is None or abs(roll) < policy.align_roll:
+            out.append(crop_from_box(box, policy.scale, policy.size))
+        else:
+            centre, side = square_from_box(box, policy.scale)
+            out.append(transform_from_square(centre, side, policy.size, float(roll)))
+    return out
+
+
+def crop(image: np.ndarray, boxes: np.ndarray, rolls: Rolls, policy: CropPolicy) -> Crops:
+    """Stage *crop*: the crop transforms of ``boxes`` and the encoder batch cut from ``image``."""
+    transforms = crop_transforms(boxes, rolls, policy)
+    return Crops(transforms, preprocess(image, transforms, policy.size))
+
+
+def encode(runner: EncoderRunner, batch: np.ndarray, input_name: str = INPUT_NAME,
+           widths: Mapping[str, int] = PARAM_WIDTHS) -> dict[str, np.ndarray]:
+    """Stage *encode*: ``(B, 3, S, S)`` float32 crops -> parameter arrays ``{name: (B, width)}``.
+
+    Raises :class:`SmirkEdgeError` when the engine returns NaN/inf.
+    """
+    if batch.shape[0] == 0:
+        return {k: np.zeros((0, w), np.float32) for k, w in widths.items()}
+    out = runner.infer({input_name: np.ascontiguousarray(batch, np.float32)})
+    for k, v in out.items():
+        if not np.all(np.isfinite(v)):
+            raise SmirkEdgeError(f"the encoder produced NaN/inf in {k!r} ({getattr(runner, 'name', runner)}); "
+                                 "run 'smirk-edge selftest' on this bundle")
+    return out
+
+
+def decode(face_model: FaceModel, params: Mapping[str, np.ndarray]) -> FaceGeometry:
+    """Stage *decode*: parameters -> vertices and landmarks, model frame (metres)."""
+    return face_model.decode(shape=params["shape"], expression=params["expression"], pose=params["pose"],
+                             jaw=params["jaw"], eyelid=params["eyelid"])
+
+
+def image_affines(cam: np.ndarray, crop_matrices: Sequence[np.ndarray], size: int = CROP_SIZE) -> np.ndarray:
+    """``(B, 2, 3)`` affines taking model-frame (X, Y) metres to image pixels, one per face.
+
+    SMIRK's camera (:mod:`smirk_edge.camera`: crop pixels ``((s(X+tx), -s(Y+ty)) + 1) * size/2``)
+    composed with the inverse of each ``(2, 3)`` image -> crop matrix.
+    """
+    import cv2
+
+    from .camera import model_to_crop_affine
+
+    out = np.zeros((len(crop_matrices), 2, 3))
+    for i, (c, m) in enumerate(zip(np.asarray(cam, np.float64).reshape(-1, 3), crop_matrices)):
+        inner = model_to_crop_affine(c, size)
+        outer = cv2.invertAffineTransform(np.asarray(m, np.float64))
+        out[i, :, :2] = outer[:, :2] @ inner[:, :2]
+        out[i, :, 2] = outer[:, :2] @ inner[:, 2] + outer[:, 2]
+    return out
+
+
+def project(geometry: FaceGeometry, affines: np.ndarray) -> Projected:
+    """Stage *project*: model-frame geometry -> image pixels through per-face ``affines`` ``(B, 2, 3)``.
+
+    Depth is ``-k * Z`` with ``k`` the affine's pixels per metre (orthographic, smaller = nearer).
+    """
+    A = np.asarray(affines, np.float64)
+    lin, off = A[:, :, :2], A[:, None, :, 2]
+
+    def to_image(p: np.ndarray) -> np.ndarray:
+        return (np.einsum("bnk,bjk->bnj", p[..., :2], lin) + off).astype(np.float32)
+
+    k = np.sqrt(np.abs(np.linalg.det(lin)))[:, None, None]  # image pixels per metre
+    verts = np.concatenate([to_image(geometry.vertices), (-k * geometry.vertices[..., 2:3])], axis=-1)
+    return Projected(A, verts.astype(np.float32), to_image(geometry.landmarks68), to_image(geometry.landmarks105))
+
+
+def head_poses(pose: np.ndarray, crop_matrices: Sequence[np.ndarray]) -> np.ndarray:
+    """``(B, 3)`` yaw, pitch, roll degrees in the image frame (each crop's own rotation composed in)."""
+    return np.array([head_pose_degrees(p, crop_roll_degrees(m)) for p, m in zip(pose, crop_matrices)],
+                    np.float32).reshape(-1, 3)
+
+
+def landmark_boxes(landmarks105: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """``(B, 4)`` boxes SMIRK's crop expects, from predicted 105-landmark image positions ``(B, 105, 2)``
+    and the crop-frame head rotation ``pose (B, 3)`` (FLAME yaw widens the box on turned heads)."""
+    lm = np.asarray(landmarks105, np.float64)
+    yaws = yaw_degrees(rodrigues(np.asarray(pose, np.float32)))
+    boxes = [LANDMARK105_TO_LANDMARK_BOX.apply(np.array([p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()]), y)
+             for p, y in zip(lm, yaws)]
+    return np.array(boxes, np.float64).reshape(-1, 4)
+
+
+def refine(params: Mapping[str, np.ndarray], projected: Projected, crops: Crops) -> tuple[np.ndarray, np.ndarray]:
+    """Stage *refine*: landmark boxes ``(B, 4)`` and image rolls ``(B,)`` for the second crop, from
+    the first pass's predicted landmarks and head pose (the crop policy SMIRK was trained on)."""
+    matrices = [t.matrix for t in crops.transforms]
+    return landmark_boxes(projected.landmarks105, params["pose"]), head_poses(params["pose"], matrices)[:, 2]
+
+
+def smooth(filters: Mapping[str, OneEuroFilter], params: dict[str, np.ndarray], index: int,
+           affine: np.ndarray, stamp: float | None) -> np.ndarray:
+    """Stage *smooth*: filter face ``index`` of ``params`` in place (pose, shape, expression, eyelid,
+    jaw) with one track's One-Euro ``filters``; return its filtered model -> image ``affine`` ``(2, 3)``."""
+    for k in ("pose", "shape", "expression", "eyelid", "jaw"):
+        params[k][index] = filters[k].filter(params[k][index], stamp)
+    return filters["affine"].filter(affine, stamp).astype(np.float64)
+
+
+def assemble(params: Mapping[str, np.ndarray], geometry: FaceGeometry, projected: Projected,
+             crops: Crops, boxes: np.ndarray, scores: np.ndarray, triangles: np.ndarray,
+             track_ids: Sequence[int] | None = None, engine: str = "") -> list[Face]:
+    """The :class:`Face` records of one frame (parameters copied, arrays float32)."""
+    poses = head_poses(params["pose"], [t.matrix for t in crops.transforms])
+    return [Face(params=Params.from_outputs(params, i), vertices=geometry.vertices[i],
+                 vertices_image=projected.vertices[i], landmarks68=projected.landmarks68[i],
+                 landmarks105=projected.landmarks105[i], box=np.asarray(boxes[i], np.float32),
+                 score=float(scores[i]), head_pose=poses[i], crop_matrix=tr.matrix.copy(), faces=triangles,
+                 track_id=-1 if track_ids is None else int(track_ids[i]), engine=engine)
+            for i, tr in enumerate(crops.transforms)]
+
+
+# ---------------------------------------------------------------------------------------------- composition
+@dataclass
+class Stages:
+    """The stages bound to one model: the detector, the encoder runner, the face model and the crop
+    policy. :class:`~smirk_edge.Reconstructor` and :class:`~smirk_edge.tracking.Tracker` compose these
+    calls; each method times itself into the given :class:`StageTimer`."""
+
+    detector: Detector
+    encoder: EncoderRunner
+    face_model: FaceModel
+    policy: CropPolicy
+    max_faces: int = 8
+    input_name: str = INPUT_NAME
+    widths: Mapping[str, int] = field(default_factory=lambda: dict(PARAM_WIDTHS))
+    engine: str = ""
+
+    def detect(self, image: np.ndarray, timer: StageTimer) -> Detected:
+        with timer("detect"):
+            return detect(self.detector, image, self.max_faces)
+
+    def encode_crops(self, image: np.ndarray, boxes: np.ndarray, rolls: Rolls,
+                     timer: StageTimer, policy: CropPolicy | None = None) -> tuple[Crops, dict[str, np.ndarray]]:
+        """Stages *crop* and *encode* of one pass."""
+        with timer("crop"):
+            crops = crop(image, boxes, rolls, policy or self.policy)
+        with timer("encode"):
+            params = encode(self.encoder, crops.batch, self.input_name, self.widths)
+        return crops, params
+
+    def reconstruct(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, rolls: Rolls,
+                    refine_pass: bool, timer: StageTimer) -> list[Face]:
+        """crop -> encode [-> decode -> project -> refine -> crop -> encode] -> decode -> project -> faces."""
+        crops, params = self.encode_crops(image, boxes, rolls, timer)
+        if refine_pass and len(crops):
+            with timer("decode"):  # the refine pass's own decode and projection count as decode
+                first = project(decode(self.face_model, params),
+                                image_affines(params["cam"], [t.matrix for t in crops.transforms], self.policy.size))
+                new_boxes, new_rolls = refine(params, first, crops)
+            crops, params = self.encode_crops(image, new_boxes, new_rolls, timer)
+        return self.faces(params, crops, boxes, scores, timer)
+
+    def faces(self, params: dict[str, np.ndarray], crops: Crops, boxes: np.ndarray, scores: np.ndarray,
+              timer: StageTimer, affines: np.ndarray | None = None,
+              track_ids: Sequence[int] | None = None) -> list[Face]:
+        """Stages *decode* and *project*, then the :class:`Face` records."""
+        if not len(crops):
+            return []
+        with timer("decode"):
+            geometry = decode(self.face_model, params)
+        with timer("project"):
+            if affines is None:
+                affines = image_affines(params["cam"], [t.matrix for t in crops.transforms], self.policy.size)
+            projected = project(geometry, affines)
+            return assemble(params, geometry, projected, crops, boxes, scores, self.face_model.faces,
+                            track_ids, self.engine)
+
+
+def check_landmarks(landmarks: Sequence[np.ndarray]) -> np.ndarray:
+    """Landmark boxes ``(N, 4)`` of a list of per-face landmark arrays ``(K, 2+)`` image pixels."""
+    if isinstance(landmarks, np.ndarray) and landmarks.ndim != 3:
+        raise InputError(f"landmarks must be a list of (K, 2) arrays, one per face, got one array of shape "
+                         f"{landmarks.shape}; for one face pass [landmarks]")
+    boxes = []
+    for i, lm in enumerate(landmarks):
+        a = np.asarray(lm)
+        if a.dtype == object or not (np.issubdtype(a.dtype, np.number)) or a.ndim != 2 or a.shape[1] < 2 \
+                or a.shape[0] < 2:
+            raise InputError(f"landmarks of face {i} must be a numeric (K, 2) array with K >= 2, got "
+                             f"{'shape ' + str(a.shape) if a.dtype != object else type(lm).__name__}")
+        a = a.astype(np.float64)
+        if not np.all(np.isfinite(a[:, :2])):
+            raise InputError(f"landmarks of face {i} contain NaN or inf")
+        boxes.append([a[:, 0].min(), a[:, 1].min(), a[:, 0].max(), a[:, 1].max()])
+    return np.array(boxes, np.float64).reshape(-1, 4)
