@@ -24,7 +24,7 @@ from . import camera
 from .bundle import Bundle
 from .crop import (CROP_SIZE, DEFAULT_SCALE, DETECTOR_TO_LANDMARK_BOX, LANDMARK105_TO_LANDMARK_BOX, BoxMapping,  # noqa: F401
                    CropTransform, crop_from_box, preprocess, square_from_box, transform_from_square)
-from .errors import BundleError, SmirkEdgeError
+from .errors import BundleError, SmirkEdgeError, install_hint
 from .face_model import FaceModel
 from .face_model.model import rodrigues, yaw_degrees
 from .image import as_bgr_uint8, load_image
@@ -187,7 +187,7 @@ class Reconstructor:
             installed = registry.available_engines()
             engine = next((e for e in ("openvino", "onnxruntime") if e in installed), None)
         if engine is None:
-            raise BundleError("the face detector needs ONNX Runtime or OpenVINO: pip install \"smirk-edge[onnxruntime]\"")
+            raise BundleError(f"the face detector needs ONNX Runtime or OpenVINO: {install_hint('onnxruntime')}")
         runners = {}
         for v in ("short", "full"):
             if v in arts:
