@@ -305,7 +305,7 @@ def _video(path: Path, n: int = 6, fps: float = 10.0) -> Path:
 
 
 @pytest.mark.onnxruntime
-def test_reconstruct_video_glb_writes_an_animated_file_per_track(tmp_path, khronos_validator):
+def test_reconstruct_video_glb_writes_an_animated_file_per_track(tmp_path, request):
     pytest.importorskip("onnxruntime")
     from smirk_edge.cli import main
 
@@ -328,4 +328,8 @@ def test_reconstruct_video_glb_writes_an_animated_file_per_track(tmp_path, khron
     json_rolls = [f["head_pose_deg"]["roll"] for fr in frames for f in fr["faces"] if f["track_id"] == 0]
     np.testing.assert_allclose(rolls, json_rolls, atol=0.05)
     assert rolls[-1] > rolls[0] + 1.0, rolls
-    _assert_valid(khronos_validator, track, out / "astronaut.face0.glb")
+    try:  # the structure checks above run without Node.js; the validator where it can run
+        validate = request.getfixturevalue("khronos_validator")
+    except pytest.skip.Exception:
+        return
+    _assert_valid(validate, track, out / "astronaut.face0.glb")
