@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from smirk_edge.errors import SmirkEdgeError
@@ -39,7 +40,8 @@ def export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smirk-edge export",
                                 description="Export a SMIRK checkpoint to a gated model bundle (ONNX, OpenVINO; "
                                             "TensorRT engines are built on the target with build-engine).")
-    p.add_argument("--checkpoint", required=True, help="checkpoint in the official SMIRK key layout (.pt)")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint in the official SMIRK key layout (.pt); 'default': the default model's encoder")
     p.add_argument("--face-model", default=None, help="face-model .npz (default: the shipped stand-in)")
     p.add_argument("-o", "--output", required=True, help="bundle folder to write")
     p.add_argument("--formats", type=_csv(FORMATS), default=["onnx", "openvino"],
@@ -104,7 +106,7 @@ def selftest_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smirk-edge selftest",
                                 description="Run the bundle's golden crops through an engine and check its outputs "
                                             "against the workstation's fp32 reference.")
-    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("bundle", help="bundle folder, or 'default' for the embedded default model")
     p.add_argument("--backend", default="auto", help="auto, onnxruntime, openvino or tensorrt (default auto)")
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "int8"],
                    help="only artifacts of this precision (default: all the engine opens)")
@@ -120,6 +122,11 @@ def selftest_main(argv: Sequence[str] | None = None) -> int:
     def body(argv):
         args = selftest_parser().parse_args(argv)
         from .golden import selftest, selftest_table
+
+        if args.bundle == "default" and not Path(args.bundle).exists():  # the embedded default bundle
+            from smirk_edge.reconstructor import default_bundle_path
+
+            args.bundle = str(default_bundle_path())
 
         rows = selftest(args.bundle, backend=args.backend, precision=args.precision, device=args.device,
                         artifact=args.artifact, out_dir=args.report_dir)

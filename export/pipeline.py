@@ -37,6 +37,7 @@ from smirk_edge._version import __version__
 from smirk_edge.bundle import Bundle, BundleWriter
 from smirk_edge.errors import FaceModelError, InputError
 from smirk_edge.face_model import FaceModel
+from smirk_edge.provenance import card_lines
 
 from .calibration import MIN_CALIBRATION_CROPS, CropSet, collect_crops, jittered_crops
 from .gate import DEFAULT_THRESHOLDS, Comparator, GateError, GateResult, Thresholds, format_table
@@ -439,7 +440,7 @@ def model_card(ckpt: Any, variant: str, face_model: FaceModel, held: CropSet, ca
         f"- Training data and its terms: {meta.get('training_data', missing)}.",
         f"- Face model: `{face_model.model_id}`, {face_model.n_vertices} vertices. "
         + (f"Notice: {face_model.notice}" if face_model.notice else ""),
-        "",
+        "", *card_lines(meta),  # terms of the weights, from the checkpoint (smirk_edge.provenance)
         "## Calibration and accuracy data", "",
         f"- Held-back crops for the gate: {len(held)} from `{held.root}` (faces found by: {held.method}, "
         f"crop scale {held.scale}).",

@@ -25,7 +25,7 @@ from typing import Any
 
 from .._lazy import available
 from ..bundle import Artifact  # the one artifact record; ranked here, re-exported
-from ..errors import EngineUnavailable
+from ..errors import EngineUnavailable, install_hint
 from .base import OptionError, Runner, RunnerError, check_choice, check_options
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class EngineSpec:
 
     name: str                        # 'onnxruntime', 'openvino', 'tensorrt', 'torch'
     what: str                        # human name for messages
-    extra: str                       # pip extra: pip install "smirk-edge[<extra>]"
+    extra: str                       # pip extra (smirk_edge.errors.install_hint)
     module: str                      # Python module that must be importable
     artifact_kinds: tuple[str, ...]  # kinds it opens, preferred first
     precisions: tuple[str, ...]
@@ -152,7 +152,7 @@ def select_engine(artifacts: Sequence[Any], preferred: str = "auto", precision: 
     ranked: list[tuple[str, Artifact]] = []
     for spec in specs:
         if spec.name not in installed:
-            skipped.append(f"{spec.name} (not installed: pip install \"smirk-edge[{spec.extra}]\")")
+            skipped.append(f"{spec.name} (not installed: {install_hint(spec.extra)})")
             continue
         if dev is not None and dev not in spec.devices:
             skipped.append(f"{spec.name} (does not run on {device!r})")

@@ -19,6 +19,7 @@ _EXTRAS = {
     "cuda": ("cuda-python", "tensorrt"),
     "scipy": ("SciPy", "train"),
     "tqdm": ("tqdm", "train"),
+    "pygltflib": ("pygltflib (glTF .glb files)", "gltf"),
 }
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ._version import __version__
-from .errors import SmirkEdgeError
+from .errors import SmirkEdgeError, install_hint
 
 
 def info_run(args: argparse.Namespace) -> int:
@@ -49,7 +49,7 @@ def info_run(args: argparse.Namespace) -> int:
     for name, fmt in rows.items():
         d = engines.get(name)
         if d is None:
-            print(f"  {name:12s} not installed  (pip install \"smirk-edge[{extras[name]}]\")")
+            print(f"  {name:12s} not installed  ({install_hint(extras[name])})")
         elif "error" in d:
             print(f"  {name:12s} BROKEN: {d['error']}")
         else:

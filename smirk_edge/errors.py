@@ -7,6 +7,31 @@ This module imports nothing heavy and may be imported from anywhere.
 from __future__ import annotations
 
 
+def install_hint(extra: str) -> str:
+    """How to install the pip extra ``extra`` of smirk-edge, for an installed wheel or a git checkout.
+
+    smirk-edge is installed from a wheel or a checkout, not from PyPI, so the hint names the
+    extra's own packages (read from the installed metadata) and the checkout form.
+    """
+    import re
+
+    reqs: list[str] = []
+    try:
+        from importlib.metadata import requires
+
+        for r in requires("smirk-edge") or []:
+            spec, _, marker = r.partition(";")
+            m = re.search(r"""extra\s*==\s*["']([^"']+)["']""", marker)
+            if m and m.group(1) == extra:
+                reqs.append(spec.strip().replace(" ", ""))
+    except Exception:  # not installed (running from a source tree): the checkout form only
+        reqs = []
+    checkout = f'from a git checkout: pip install -e ".[{extra}]"'
+    if reqs:
+        return "pip install " + " ".join(f'"{r}"' for r in reqs) + f'  (the "{extra}" extra; {checkout})'
+    return f'pip install the "{extra}" extra ({checkout}; from a wheel: pip install "WHEEL.whl[{extra}]")'
+
+
 class SmirkEdgeError(Exception):
     """Base class of every error smirk-edge raises on purpose."""
 
@@ -42,13 +67,13 @@ class OptionError(RunnerError, ValueError):
 class EngineUnavailable(SmirkEdgeError, ImportError):
     """An inference engine or optional dependency that is not installed.
 
-    The message names the pip extra that installs it, e.g. ``pip install "smirk-edge[openvino]"``.
+    The message names the pip extra that installs it and its packages (:func:`install_hint`).
     """
 
     def __init__(self, what: str, extra: str, detail: str = ""):
         self.what = what
         self.extra = extra
-        msg = f"{what} is not available: install it with  pip install \"smirk-edge[{extra}]\""
+        msg = f"{what} is not available: {install_hint(extra)}"
         if detail:
             msg += f"  ({detail})"
         super().__init__(msg)

@@ -2,7 +2,8 @@
 
 Per image ``NAME``: ``NAME.overlay.jpg``, ``NAME.json`` (faces: parameters, landmarks, box, head
 pose) and ``NAME.face<i>.obj`` (or .ply). Per video: ``NAME.overlay.mp4`` and ``NAME.json`` (one
-entry per frame). ``summary.json`` lists inputs, faces, failures and mean per-stage times. An
+entry per frame). ``--glb`` adds glTF 2.0 files: ``NAME.face<i>.glb`` per image face and one
+animated ``NAME.track<ID>.glb`` per video track (:mod:`smirk_edge.gltf`). ``summary.json`` lists inputs, faces, failures and mean per-stage times. An
 unreadable input is reported and skipped; ``--strict`` turns any failure into exit code 1 (without
 it, the exit code is 1 only when no input could be processed at all).
 """
@@ -30,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-refine", action="store_true", help="skip the second crop from predicted landmarks")
     p.add_argument("--mesh-format", choices=["obj", "ply", "none"], default="obj",
                    help="mesh files per face (images only)")
+    p.add_argument("--glb", action="store_true",
+                   help="also write glTF 2.0: NAME.face<i>.glb per image face, one animated NAME.track<ID>.glb "
+                        "per video track (needs the gltf extra: pygltflib)")
     p.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
     p.add_argument("--strict", action="store_true", help="exit with code 1 when any input fails")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -62,7 +66,7 @@ def _unique_stem(path: Path, used: set[str]) -> str:
     return stem
 
 
-def _image(rec, path: Path, out: Path, stem: str, mesh_format: str) -> int:
+def _image(rec, path: Path, out: Path, stem: str, mesh_format: str, glb: bool = False) -> int:
     import cv2
 
     from .draw import draw
@@ -77,10 +81,12 @@ def _image(rec, path: Path, out: Path, stem: str, mesh_format: str) -> int:
     if mesh_format != "none":
         for i, f in enumerate(faces):
             f.save_mesh(out / f"{stem}.face{i}.{mesh_format}")
+    for i, f in enumerate(faces if glb else []):  # glTF hook: smirk_edge.gltf
+        f.save_mesh(out / f"{stem}.face{i}.glb", space="model")
     return len(faces)
 
 
-def _video(rec, path: Path, out: Path, stem: str) -> int:
+def _video(rec, path: Path, out: Path, stem: str, glb: bool = False) -> int:
     import cv2
 
     from .draw import draw
@@ -91,6 +97,11 @@ def _video(rec, path: Path, out: Path, stem: str) -> int:
         raise InputError(f"{path}: cannot open video")
     fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
     writer, frames_json, n_faces = None, [], 0
+    tracks = None
+    if glb:  # glTF hook: one animated .glb per track (smirk_edge.gltf)
+        from .gltf import TrackRecorder
+
+        tracks = TrackRecorder(rec.face_model)
 
     def frames():
         while True:
@@ -109,6 +120,8 @@ def _video(rec, path: Path, out: Path, stem: str) -> int:
             writer.write(draw(frame, faces))
             frames_json.append({"frame": index, "faces": [f.to_dict() for f in faces]})
             n_faces += len(faces)
+            if tracks is not None:
+                tracks.add(index / fps, faces)
     finally:
         cap.release()
         if writer is not None:
@@ -116,6 +129,8 @@ def _video(rec, path: Path, out: Path, stem: str) -> int:
     if not frames_json:
         raise InputError(f"{path}: no frame could be read")
     (out / f"{stem}.json").write_text(json.dumps({"input": str(path), "fps": fps, "frames": frames_json}))
+    if tracks is not None:
+        tracks.save(out, stem)
     return n_faces
 
 
@@ -130,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
     from .progress import progress
     from .reconstructor import Reconstructor
 
+    if getattr(args, "glb", False):  # fail before any work when pygltflib is missing
+        from ._lazy import require
+
+        require("pygltflib")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     files, failures = collect_inputs(args.inputs, args.recursive)
@@ -145,9 +164,9 @@ def run(args: argparse.Namespace) -> int:
             stem = _unique_stem(path, used)
             try:
                 if path.suffix.lower() in VIDEO_SUFFIXES:
-                    n_faces += _video(rec, path, out, stem)
+                    n_faces += _video(rec, path, out, stem, glb=args.glb)
                 else:
-                    n_faces += _image(rec, path, out, stem, args.mesh_format)
+                    n_faces += _image(rec, path, out, stem, args.mesh_format, glb=args.glb)
                     n_images += 1
                     for k, v in rec.timings.items():
                         stage_sums[k] = stage_sums.get(k, 0.0) + v

@@ -140,8 +140,12 @@ class Face:
         path.write_text(json.dumps(self.to_dict(include_vertices), indent=1))
         return path
 
-    def save_mesh(self, path: str | os.PathLike, space: str = "model") -> Path:
-        """Write the mesh as ``.obj`` or ``.ply`` (by suffix). ``space``: "model" (metres) or "image" (pixels)."""
+    def save_mesh(self, path: str | os.PathLike, space: str = "model", **gltf_options) -> Path:
+        """Write the mesh as ``.obj``, ``.ply`` or binary glTF ``.glb`` (by suffix).
+
+        ``space``: "model" (metres) or "image" (pixels). A ``.glb`` needs the ``gltf`` extra and takes
+        the options of :func:`smirk_edge.gltf.write_face_glb` (``image_size``, ``pixel_size``).
+        """
         from .meshio import write_mesh
 
         if space not in ("model", "image"):
@@ -150,6 +154,12 @@ class Face:
             from .errors import InputError
 
             raise InputError("this face carries no triangles (Face.faces is None): nothing to write")
+        if str(path).lower().endswith(".glb"):
+            from .gltf import write_face_glb
+
+            return write_face_glb(path, self, space=space, **gltf_options)
+        if gltf_options:
+            raise TypeError(f"options {sorted(gltf_options)} apply to .glb files only")
         verts = self.vertices if space == "model" else self.vertices_image
         return write_mesh(path, verts, self.faces)
 

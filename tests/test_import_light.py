@@ -74,4 +74,5 @@ def test_missing_engine_names_the_extra():
             raise SystemExit('no error')
     """)
     assert r.returncode == 0, r.stderr
-    assert 'pip install "smirk-edge[openvino]"' in r.stdout
+    # the hint works for a wheel or a checkout (smirk-edge is not on PyPI): the extra's packages + the checkout form
+    assert 'pip install "openvino>=' in r.stdout and 'pip install -e ".[openvino]"' in r.stdout

@@ -26,6 +26,13 @@ from .encoder import EncoderConfig, SmirkEncoder
 ENCODER_PREFIX = "smirk_encoder."
 GENERATOR_PREFIX = "smirk_generator."
 META_KEY = "smirk_edge_meta"
+# ``default`` names the default model's encoder, shipped in the package (checkout and wheel alike)
+DEFAULT_NAME = "default"
+
+
+def default_checkpoint_path() -> Path:
+    """The default model's encoder checkpoint (fp16 weights, official layout), shipped as package data."""
+    return Path(__file__).resolve().parent / "checkpoints" / "default_encoder_fp16.pt"
 
 
 @dataclass
@@ -40,12 +47,12 @@ class Checkpoint:
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint in the official layout (no model is built here).
+    """Read a checkpoint in the official layout (no model is built here); ``"default"``: the default model's.
 
     Raises:
         CheckpointError: missing file, not a state dict, unsafe content, or no encoder keys.
     """
-    path = Path(path)
+    path = default_checkpoint_path() if str(path) == DEFAULT_NAME else Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:

@@ -33,8 +33,13 @@ def _config_path(name: str) -> str:
 
 
 def _common_train_args(p: argparse.ArgumentParser, default_config: str) -> None:
+    from .config import configs_dir
+
+    where = configs_dir()
+    names = ", ".join(sorted(f.name for f in where.glob("*.yaml"))) or "none found"
     p.add_argument("--config", default=default_config, metavar="YAML",
-                   help=f"training config (default {default_config}; names are looked up in configs/)")
+                   help=f"training config file, or the name of a shipped one (default {default_config}); "
+                        f"shipped configs in {where}: {names}")
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/<config name>)")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="image folder the annotation paths are relative to (default: the annotation index's root)")
@@ -95,7 +100,8 @@ def train_add_arguments(p: argparse.ArgumentParser) -> None:
     _common_train_args(p, "stage1.yaml")
     p.add_argument("--stage", type=int, choices=[1, 2], default=None, help="override the config's stage")
     p.add_argument("--init-from", default=None, metavar="CKPT",
-                   help="start from a checkpoint in the official layout (stage 2: the stage-1 result)")
+                   help="start from a checkpoint in the official layout (stage 2: the stage-1 result); "
+                        "'default': the default model")
 
 
 def train_run(args: argparse.Namespace) -> int:
@@ -114,7 +120,7 @@ def train_run(args: argparse.Namespace) -> int:
 def finetune_add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``smirk-edge finetune``."""
     p.add_argument("--from", dest="from_ckpt", required=True, metavar="CKPT",
-                   help="checkpoint to fine-tune (official layout: ours or SMIRK_em1.pt)")
+                   help="checkpoint to fine-tune (official layout: ours or SMIRK_em1.pt); 'default': the default model")
     _common_train_args(p, "finetune.yaml")
     p.add_argument("--freeze-blocks", type=int, default=None, metavar="N",
                    help="freeze each backbone's stem and first N stages (config default 3)")

@@ -198,7 +198,10 @@ class RunConfig:
 @dataclass
 class TrainConfig:
     """A whole training run. ``stage``: 1 (three encoders, landmarks) or 2 (expression encoder +
-    generator, reconstruction and cycle). ``deviations``: free text, recorded in checkpoints."""
+    generator, reconstruction and cycle). ``deviations``: free text, recorded in checkpoints.
+    ``terms``: the terms of use of the training data, which the weights inherit, and ``training_data``:
+    what the run trains on; both are recorded in checkpoints (merged with those of ``model.init_from``)
+    and copied by ``smirk-edge export`` into the bundle's model card (:mod:`smirk_edge.provenance`)."""
 
     stage: int = 1
     name: str = "run"
@@ -209,6 +212,8 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     deviations: list[str] = field(default_factory=list)
+    terms: list[str] = field(default_factory=list)
+    training_data: str = ""
 
     def validate(self, require_sources: bool = True) -> "TrainConfig":
         """Check values that types cannot; returns self. Raises :class:`ConfigError`."""
@@ -407,5 +412,6 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), require_
 
 
 def configs_dir() -> Path:
-    """The repository's ``configs/`` folder (next to ``training/``), if present."""
+    """The training configs: ``configs/`` of a checkout (next to ``training/``), or the copy an installed
+    wheel carries as package data (``smirk_edge/configs``, next to ``smirk_edge/training``): one path."""
     return Path(__file__).resolve().parent.parent / "configs"

@@ -166,6 +166,7 @@ class Trainer:
         self.encoder.init_weights()
         self.generator = None
         ckpt = read_checkpoint(config.model.init_from) if config.model.init_from else None
+        self.source_meta = ckpt.meta if ckpt is not None else {}  # provenance: terms are inherited
         if ckpt is not None:
             load_encoder_state(self.encoder, ckpt.encoder)
         self.face = FaceModelLayer.from_file(config.model.face_model or standin_path()).to(self.device)
@@ -606,6 +607,8 @@ class Trainer:
 
     def save(self, final: bool = False) -> Path | None:
         """Rank 0 writes ``resume.pt``, ``smirk_latest.pt`` and ``checkpoints/smirk_step*.pt``."""
+        from smirk_edge.provenance import inherited_meta
+
         from .checkpoint import save_checkpoint
 
         if not self.dist.is_main:
@@ -614,7 +617,10 @@ class Trainer:
         torch.save(self.state_dict(), tmp)
         os.replace(tmp, self.out / RESUME_FILE)
         meta = {"stage": self.stage, "step": self.step, "epoch": self.epoch, "name": self.cfg.name,
-                "deviations": self.cfg.deviations, "face_model": self.face.model_id, "trainer": "smirk-edge"}
+                "deviations": self.cfg.deviations, "face_model": self.face.model_id, "trainer": "smirk-edge",
+                "terms": self.cfg.terms, "training_data": self.cfg.training_data,
+                "training": f"smirk-edge trainer, config {self.cfg.name}, stage {self.stage}, {self.step} steps"}
+        meta = inherited_meta({k: v for k, v in meta.items() if v not in ("", [])}, self.source_meta)
         ck_dir = self.out / "checkpoints"
         path = save_checkpoint(ck_dir / f"smirk_step{self.step:08d}.pt", self.encoder, self.generator, meta)
         shutil.copyfile(path, self.out / (LATEST_FILE + ".tmp"))

@@ -226,7 +226,7 @@ def test_parser_and_builder_failures_are_reported(tmp_path):
 
 def test_missing_tensorrt_names_the_extra(monkeypatch, trt_bundle):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    with pytest.raises(EngineUnavailable, match=r"smirk-edge\[tensorrt\]"):
+    with pytest.raises(EngineUnavailable, match=r"the \"tensorrt\" extra"):
         import_tensorrt()
     with pytest.raises(EngineUnavailable):
         build_engine(trt_bundle, BuildOptions("fp16"), gpu=GPU)
@@ -237,7 +237,7 @@ def test_build_engine_cli_without_tensorrt(monkeypatch, trt_bundle, capsys):
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     assert build_engine_main([str(trt_bundle), "--precision", "fp16"]) == 1
-    assert "smirk-edge[tensorrt]" in capsys.readouterr().err
+    assert "the \"tensorrt\" extra" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         build_engine_main([str(trt_bundle), "--precision", "fp32"])
     assert exc.value.code == 2

@@ -88,7 +88,7 @@ def test_missing_and_broken_files(tmp_path, broken_onnx):
 
 def test_missing_onnxruntime_names_the_extra(monkeypatch, tiny_onnx):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
-    with pytest.raises(EngineUnavailable, match=r'smirk-edge\[onnxruntime\]'):
+    with pytest.raises(EngineUnavailable, match=r'the "onnxruntime" extra'):
         OrtRunner(tiny_onnx).activate()
 
 

@@ -78,7 +78,7 @@ def test_auto_device(tiny_onnx):
 
 def test_missing_openvino_names_the_extra(monkeypatch, tiny_onnx):
     monkeypatch.setitem(sys.modules, "openvino", None)
-    with pytest.raises(EngineUnavailable, match=r'smirk-edge\[openvino\]'):
+    with pytest.raises(EngineUnavailable, match=r'the "openvino" extra'):
         OvRunner(tiny_onnx).activate()
 
 

@@ -50,7 +50,7 @@ def test_auto_picks_the_fastest_installed_engine_with_an_artifact():
     sel = select_engine(BUNDLE, installed=["openvino", "onnxruntime"])
     assert (sel.engine, sel.artifact.path) == ("openvino", "encoder.xml")  # IR preferred, fp32 first
     assert "fastest available engine" in sel.reason and "skipped tensorrt (not installed" in sel.reason
-    assert 'smirk-edge[tensorrt]' in sel.reason
+    assert 'the "tensorrt" extra' in sel.reason
     assert sel.alternatives[0] == ("openvino", Artifact("openvino-ir", "int8", "encoder.int8.xml"))
     assert ("onnxruntime", Artifact("onnx", "fp32", "encoder.onnx")) in sel.alternatives
 
@@ -71,7 +71,7 @@ def test_precision_and_device_filters():
 def test_explicit_preference():
     sel = select_engine(BUNDLE, preferred="onnxruntime", installed=["openvino", "onnxruntime"])
     assert sel.engine == "onnxruntime" and "asked for" in sel.reason
-    with pytest.raises(EngineUnavailable, match=r'TensorRT 10 is not available.*smirk-edge\[tensorrt\]'):
+    with pytest.raises(EngineUnavailable, match=r'TensorRT 10 is not available.*the "tensorrt" extra'):
         select_engine(BUNDLE, preferred="tensorrt", installed=["onnxruntime"])
     with pytest.raises(OptionError, match="did you mean 'openvino'"):
         select_engine(BUNDLE, preferred="openvn")
@@ -123,7 +123,7 @@ def test_fallback_warns_once_and_reports_which_ran(tiny_onnx, broken_onnx, monke
     fallback = [w for w in caught if issubclass(w.category, EngineFallbackWarning)]
     assert len(fallback) == 1
     text = str(fallback[0].message)
-    assert "fell back to onnxruntime:tiny.onnx" in text and "smirk-edge[tensorrt]" in text
+    assert "fell back to onnxruntime:tiny.onnx" in text and 'the "tensorrt" extra' in text
     assert "onnxruntime:broken.onnx failed" in text
     assert result.index == 2 and len(result.failures) == 2 and result.runner.is_active
     result.runner.deactivate()

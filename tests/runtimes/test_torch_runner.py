@@ -124,7 +124,7 @@ def test_cuda_device_without_gpu_is_a_clear_error():
 
 def test_missing_torch_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(EngineUnavailable, match=r'smirk-edge\[torch\]'):
+    with pytest.raises(EngineUnavailable, match=r'the "torch" extra'):
         TorchRunner(object(), INPUTS).activate()
 
 

@@ -210,7 +210,7 @@ def test_allocator_choice():
     assert choose_allocator("auto", True, True) == "cuda-python"
     assert choose_allocator("auto", False, True) == "torch"
     assert choose_allocator("torch", True, True) == "torch"
-    with pytest.raises(EngineUnavailable, match=r"smirk-edge\[tensorrt\]"):
+    with pytest.raises(EngineUnavailable, match=r'the "tensorrt" extra'):
         choose_allocator("auto", False, False)
     with pytest.raises(EngineUnavailable, match="cuda-python"):
         choose_allocator("cuda-python", False, True)
@@ -301,7 +301,7 @@ def test_profile_index_out_of_range(fake):
 def test_missing_tensorrt_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     runner = TrtRunner(tmp_path / "x.engine")
-    with pytest.raises(EngineUnavailable, match=r'TensorRT 10 is not available.*smirk-edge\[tensorrt\]'):
+    with pytest.raises(EngineUnavailable, match=r'TensorRT 10 is not available.*the "tensorrt" extra'):
         runner.activate()
     assert not runner.is_active
 
