@@ -103,6 +103,26 @@ def opencv_readable_path(path: str | os.PathLike) -> Iterator[str]:
         yield str(link)
 
 
+@contextlib.contextmanager
+def opencv_writable_path(target: str | os.PathLike) -> Iterator[str]:
+    """A path string OpenCV may write (e.g. a ``cv2.VideoWriter``) whose file becomes ``target``
+    atomically when the block ends without error. The temporary name is ASCII; when even the
+    folder's name is not UTF-8 the file is written in the system's temporary folder and copied."""
+    target = Path(target)
+    with atomic_file(target) as tmp:
+        if is_opencv_safe(tmp):
+            yield str(tmp)
+            return
+        import shutil
+
+        with tempfile.TemporaryDirectory(prefix="smirk-edge-") as d:
+            scratch = Path(d) / ("out" + tmp.suffix)
+            yield str(scratch)
+            if not scratch.is_file():
+                raise OutputError(f"{display_path(target)}: nothing was written")
+            shutil.copyfile(scratch, tmp)
+
+
 def check_output_folder(folder: str | os.PathLike) -> Path:
     """Create ``folder`` if needed and prove it is writable (a probe file is written and removed).
 
