@@ -115,8 +115,11 @@ def _npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
 def npz_lying_header(shape=(100_000, 100_000), payload: int = 1 << 20, name: str = "shapedirs") -> bytes:
     """An ``.npz`` whose member declares ``shape`` but holds ``payload`` bytes (plus a valid
     ``format`` entry so the face-model reader gets that far)."""
+    import warnings
+
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    with warnings.catch_warnings(), zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        warnings.simplefilter("ignore")  # a duplicate entry name is one of the lies
         zf.writestr("format.npy", _npy_header((), "<U16") + "smirk-edge-face".ljust(16).encode("utf-32-le")[:64])
         zf.writestr(f"{name}.npy", _npy_header(shape) + b"\x00" * payload)
     return buf.getvalue()

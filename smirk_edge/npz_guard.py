@@ -79,8 +79,9 @@ def _check(what: str, nbytes: int, holds: int, max_array_bytes: int) -> None:
 
 
 def load_npy(source: str | os.PathLike | bytes, what: str = ".npy file",
-             max_array_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+             max_array_bytes: int | None = None) -> np.ndarray:
     """One plain array from a ``.npy`` path or bytes; header checked before allocating."""
+    max_array_bytes = MAX_ARRAY_BYTES if max_array_bytes is None else max_array_bytes
     if isinstance(source, (bytes, bytearray, memoryview)):
         fh: BinaryIO = io.BytesIO(bytes(source))
         size = len(source)
@@ -96,9 +97,12 @@ def load_npy(source: str | os.PathLike | bytes, what: str = ".npy file",
 
 
 def load_npz(source: str | os.PathLike | bytes, what: str = ".npz archive",
-             max_array_bytes: int = MAX_ARRAY_BYTES, max_total_bytes: int = MAX_TOTAL_BYTES) -> dict[str, np.ndarray]:
+             max_array_bytes: int | None = None, max_total_bytes: int | None = None) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` (path or bytes) as a dict; each zip entry's declared sizes are
-    checked against the budget and against each other before anything is allocated."""
+    checked against the budget (:data:`MAX_ARRAY_BYTES` each, :data:`MAX_TOTAL_BYTES` in all by
+    default) and against each other before anything is allocated."""
+    max_array_bytes = MAX_ARRAY_BYTES if max_array_bytes is None else max_array_bytes
+    max_total_bytes = MAX_TOTAL_BYTES if max_total_bytes is None else max_total_bytes
     src = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
     try:
         zf = zipfile.ZipFile(src)
@@ -110,6 +114,8 @@ def load_npz(source: str | os.PathLike | bytes, what: str = ".npz archive",
         infos = zf.infolist()
         if len(infos) > MAX_MEMBERS:
             raise ArrayFileError(f"{what} holds {len(infos)} entries, more than {MAX_MEMBERS}")
+        if len({i.filename for i in infos}) != len(infos):
+            raise ArrayFileError(f"{what} holds two entries of the same name (refused)")
         for info in infos:
             name = info.filename
             key = name[:-4] if name.endswith(".npy") else name

@@ -277,8 +277,10 @@ def run(args: argparse.Namespace) -> int:
         summary["not_run"] = [display_path(p) for p in files[done:]]
     try:
         atomic_write(out / "summary.json", _json_bytes(summary))
-    except OutputError as exc:
-        print(f"smirk-edge reconstruct: error: the summary could not be written: {exc}", file=sys.stderr)
+    except OutputError as exc:  # keep it anyway: on stdout, one line of JSON
+        print(json.dumps(summary, allow_nan=False))
+        print(f"smirk-edge reconstruct: error: the summary could not be written (printed on stdout instead): "
+              f"{exc}", file=sys.stderr)
         return 1
     stages = ", ".join(f"{k} {v:.1f}" for k, v in means.items() if k != "decode_image")
     print(f"{len(results)}/{len(files)} inputs done, "

@@ -111,7 +111,7 @@ def _np_load_plain(role: str, path: PathLike) -> Any:
         raise _err(role, path, "file not found")
     try:
         if is_zip(path):
-            return load_npz(path, "the archive", MAX_INPUT_ARRAY_BYTES)
+            return load_npz(path, "the archive", MAX_INPUT_ARRAY_BYTES, 2 * MAX_INPUT_ARRAY_BYTES)
         return load_npy(path, "the file", MAX_INPUT_ARRAY_BYTES)
     except ArrayFileError as exc:
         raise _err(role, path, f"cannot read: {exc}") from None
