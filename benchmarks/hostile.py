@@ -206,9 +206,34 @@ def _cases(work: str | Path, make: bool = True) -> dict[str, tuple[str, str]]:
         "manifest with a 5000-digit number": ("manifest", put("number.json", lambda: manifest_long_number())),
         "largest accepted image: 8900x8900 RGB PNG, full reconstruction": (
             "reconstruct", put("big.png", lambda: _big_png(8900, 8900))),
+        "reconstruct CLI: folder of 3 photos, 2 bombs, a non-UTF-8 name, summary.jpg, a broken file": (
+            "cli", _mixed_folder(work / "mixed", make)),
         "uint16 RGBA frame 8000x5000 to BGR uint8 (as_bgr_uint8)": ("frame16", ""),
         "float32 RGB frame 8000x5000 to BGR uint8 (as_bgr_uint8)": ("frame32", ""),
     }
+
+
+def _mixed_folder(folder: Path, make: bool) -> str:
+    if make:
+        import cv2
+
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+
+        def photo(seed: int) -> bytes:
+            img = cv2.GaussianBlur((np.random.default_rng(seed).random((960, 1280, 3)) * 255).astype(np.uint8),
+                                   (15, 15), 5)
+            return cv2.imencode(".jpg", img)[1].tobytes()
+
+        for k in range(3):
+            (folder / f"photo{k}.jpg").write_bytes(photo(k))
+        (folder / "bomb8.png").write_bytes(png_bomb(32000, 32000))
+        (folder / "lie.jpg").write_bytes(lying_header("jpeg", 30000, 30000))
+        with open(os.path.join(os.fsencode(folder), b"\xff\xfe caf\xe9.jpg"), "wb") as f:
+            f.write(photo(7))
+        (folder / "summary.jpg").write_bytes(photo(8))
+        (folder / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff" + rng.bytes(100))
+    return str(folder)
 
 
 def _big_png(w: int, h: int) -> bytes:
@@ -265,6 +290,15 @@ def run_case(kind: str, path: str) -> dict:
                 img = im.load_image(path)
                 faces = rec(img)
                 im.encode_image(draw(img, faces), ".jpg")
+        elif kind == "cli":
+            from smirk_edge.cli import main as cli_main
+
+            with tempfile.TemporaryDirectory() as out:
+                code = cli_main(["reconstruct", path, "-o", out, "--backend", "onnxruntime", "--threads", "1",
+                                 "--quiet"])
+                summary = json.loads((Path(out) / "summary.json").read_text())
+            outcome = (f"exit {code}: {len(summary['results'])} results, {len(summary['failed'])} reported "
+                       f"failures of {summary['inputs']} inputs")
         elif kind in ("frame16", "frame32"):
             if kind == "frame16":
                 frame = np.full((5000, 8000, 4), 40000, np.uint16)
@@ -323,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
             except (IndexError, json.JSONDecodeError):
                 row = {"outcome": f"child died (exit {proc.returncode}): {proc.stderr[-300:]}"}
-            row = {"case": name, "input_bytes": os.path.getsize(path) if path else 0, **row}
+            size = (sum(f.stat().st_size for f in Path(path).iterdir()) if path and os.path.isdir(path)
+                    else os.path.getsize(path) if path else 0)
+            row = {"case": name, "input_bytes": size, **row}
             print(json.dumps(row), flush=True)
             rows.append(row)
     doc = {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
