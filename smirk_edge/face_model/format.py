@@ -12,7 +12,6 @@ y up, z toward the camera. Everything is float32 / int32 on disk.
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
