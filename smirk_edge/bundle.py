@@ -36,21 +36,18 @@ MAX_INT_DIGITS = 30
 _BOOL_ATTRS = ("degraded",)
 
 
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_JSON_BRACKET = re.compile(r"[\[\]{}]")
-
-
-def _json_depth_ok(text: str, limit: int) -> bool:
-    """True when no array/object nests deeper than ``limit`` (brackets inside strings skipped)."""
-    depth = 0
-    for m in _JSON_BRACKET.finditer(_JSON_STRING.sub("", text)):
-        if m.group() in "[{":
-            depth += 1
-            if depth > limit:
-                return False
-        else:
-            depth -= 1
-    return True
+def _json_depth(obj: Any) -> int:
+    """Deepest nesting of lists/objects in parsed JSON (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict):
+            o = o.values()
+        elif not isinstance(o, list):
+            continue
+        deepest = max(deepest, d)
+        stack.extend((v, d + 1) for v in o if isinstance(v, (dict, list)))
+    return deepest
 
 
 def _bounded_int(text: str) -> int:
@@ -71,14 +68,18 @@ def parse_manifest_text(raw: bytes, where: str) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BundleError(f"{where} is not valid UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if not _json_depth_ok(text, MAX_JSON_DEPTH):
-        raise BundleError(f"{where} nests objects or lists more than {MAX_JSON_DEPTH} deep")
+    deep = BundleError(f"{where} nests objects or lists more than {MAX_JSON_DEPTH} deep")
     try:
-        return json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
+        doc = json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
     except BundleError as exc:
         raise BundleError(f"{where} is not a valid manifest: {exc}") from None
-    except (json.JSONDecodeError, ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise deep from None
+    except (json.JSONDecodeError, ValueError) as exc:
         raise BundleError(f"{where} is not valid JSON: {excerpt(str(exc), 200)}") from None
+    if _json_depth(doc) > MAX_JSON_DEPTH:
+        raise deep
+    return doc
 
 
 def _read_manifest(mpath: Path) -> Any:

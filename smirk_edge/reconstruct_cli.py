@@ -200,6 +200,14 @@ def _install_signal_handlers() -> dict:
     return old
 
 
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
 def _failure_text(path: Path, exc: BaseException) -> str:
     from .errors import SmirkEdgeError
     from .fileio import display_path
@@ -252,19 +260,17 @@ def run(args: argparse.Namespace) -> int:
                     n_faces += k
                     results.append({"input": display_path(path), "stem": stem, "faces": k,
                                     "files": [p.name for p in written]})
-                except Exception as exc:  # noqa: BLE001 - the per-input boundary: record, clean up, go on
-                    for p in written:
-                        try:
-                            p.unlink()
-                        except OSError:
-                            pass
+                except BaseException as exc:  # the per-input boundary: clean up; record and go on
+                    _remove(written)
+                    if not isinstance(exc, Exception):
+                        raise  # a signal (or SystemExit): stop, the summary is still written
                     text = _failure_text(path, exc)
                     failures.append({"input": display_path(path), "error": text, "type": type(exc).__name__})
                     print(f"smirk-edge reconstruct: {text}", file=sys.stderr)
                     n_failed_files += 1
                 done += 1
-    except _Interrupted as sig:
-        interrupted = sig.signum
+    except (_Interrupted, KeyboardInterrupt) as sig:
+        interrupted = getattr(sig, "signum", signal.SIGINT)
         engine = getattr(rec, "engine", None)
     finally:
         for s, h in old_handlers.items():

@@ -299,6 +299,8 @@ def test_a_signal_mid_run_still_writes_a_valid_summary(bundle, tmp_path, sig):
     assert _accounted(summary) == 40
     for res in summary["results"]:
         assert (out / f"{res['stem']}.json").exists() and (out / f"{res['stem']}.overlay.jpg").exists()
+    stems = {res["stem"] for res in summary["results"]}
+    assert {p.name.split(".")[0] for p in out.glob("img*")} == stems  # no orphan of the interrupted input
 
 
 # ----------------------------------------------------------------------------- OpenVINO writes nothing
