@@ -253,8 +253,8 @@ def _tiff(data) -> ImageInfo:
     spp = tags.get(277, [1])[0]
     bits = max(tags.get(258, [8]))
     orientation = tags.get(274, [1])[0]
-    return ImageInfo("tiff", tags[256][0], tags[257][0], max(1, min(spp, 4)) if spp <= 4 else spp,
-                     max(1, -(-bits // 8)), orientation if 1 <= orientation <= 8 else 1)
+    return ImageInfo("tiff", tags[256][0], tags[257][0], max(1, spp), max(1, -(-bits // 8)),
+                     orientation if 1 <= orientation <= 8 else 1)
 
 
 def _pnm(data) -> ImageInfo:

@@ -139,6 +139,14 @@ def test_exif_orientation_reaches_the_reconstructor_path_call(tmp_path, shared_d
     upright = load_image(path)
     assert upright.shape == photo.shape
     assert np.abs(upright.astype(int) - photo.astype(int)).mean() < 4
+    pytest.importorskip("onnxruntime")
+    from smirk_edge.reconstructor import Reconstructor
+
+    with Reconstructor(backend="onnxruntime", threads=1) as rec:  # the embedded default model
+        from_path, from_array = rec(str(path)), rec(photo)
+    assert len(from_path) == len(from_array) >= 1
+    for a, b in zip(from_path, from_array):
+        np.testing.assert_allclose(a.box, b.box, atol=0.03 * photo.shape[1])
 
 
 def test_png_exif_chunk(tmp_path):
