@@ -310,7 +310,7 @@ def test_npy_header_that_lies(tmp_path):
 
 # ----------------------------------------------------------------------------- pickles
 @FAST
-@given(vertices=st.integers(1000, 20000), columns=st.integers(20_000, 200_000), depth=st.integers(0, 2))
+@given(vertices=st.integers(1000, 20000), columns=st.integers(20_000, 60_000), depth=st.integers(0, 2))
 def test_pickles_of_shared_reference_lists(tmp_path_factory, vertices, columns, depth):
     from smirk_edge.face_model.convert import read_flame_model
 
