@@ -137,6 +137,17 @@ class FeedList:
             yield self[i]
 
 
+
+def _read_or_none(path) -> np.ndarray | None:
+    """An upright BGR image (EXIF applied, size budget checked, any file name), or None."""
+    from smirk_edge.errors import InputError as _InputError
+    from smirk_edge.image import load_image
+
+    try:
+        return load_image(path)
+    except _InputError:
+        return None
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files under ``folder`` (recursive), sorted by path."""
     root = Path(folder)
@@ -220,8 +231,8 @@ def collect_crops(folder: str | os.PathLike, limit: int | None = None, face: str
         if limit is not None and len(crops) >= limit:
             break
         path = files[i]
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None or image.size == 0:
+        image = _read_or_none(path)
+        if image is None:
             skipped += 1
             continue
         box = finder(image) if finder is not None else None
@@ -257,8 +268,8 @@ def jittered_crops(images: Sequence[str | os.PathLike], per_image: int = 8, seed
     rng = np.random.default_rng(seed)
     crops, sources = [], []
     for path in images:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None or image.size == 0:
+        image = _read_or_none(path)
+        if image is None:
             raise InputError(f"cannot read image {path}")
         box = finder(image) if finder is not None else None
         if box is None:

@@ -73,11 +73,15 @@ def write_golden(path: str | os.PathLike, crops: np.ndarray, outputs: Mapping[st
 
 def load_golden(path: str | os.PathLike) -> Golden:
     """Read ``golden.npz`` (pickles disabled)."""
+    from smirk_edge.npz_guard import ArrayFileError, load_npz
+
     try:
-        with np.load(str(path), allow_pickle=False) as f:
-            crops = f["crops"]
-            outputs = {k[4:]: f[k] for k in f.files if k.startswith("out.")}
-            meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
+        f = load_npz(path, f"golden file {path}")
+        crops = f["crops"]
+        outputs = {k[4:]: v for k, v in f.items() if k.startswith("out.")}
+        meta = json.loads(str(f["meta"])) if "meta" in f else {}
+    except ArrayFileError as exc:
+        raise BundleError(str(exc)) from None
     except (OSError, ValueError, KeyError) as exc:
         raise BundleError(f"cannot read golden file {path}: {exc}") from exc
     return Golden(crops, outputs, meta)

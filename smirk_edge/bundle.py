@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 
 from ._version import __version__
 from .crop import CROP_SIZE, DEFAULT_SCALE, INPUT_NAME
-from .errors import BundleError
+from .errors import BundleError, excerpt
 from .results import PARAM_WIDTHS
 
 SCHEMA = "smirk-edge-bundle"
@@ -32,6 +32,65 @@ KINDS = ("onnx", "openvino-ir", "tensorrt-engine", "face-model", "golden", "mode
 ROLES = ("encoder", "fused", "detector", "face_model", "golden", "model_card", "checkpoint")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", None)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_JSON_DEPTH = 32
+MAX_INT_DIGITS = 30
+_BOOL_ATTRS = ("degraded",)
+
+
+def _json_depth(obj: Any) -> int:
+    """Deepest nesting of lists/objects in parsed JSON (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict):
+            o = o.values()
+        elif not isinstance(o, list):
+            continue
+        deepest = max(deepest, d)
+        stack.extend((v, d + 1) for v in o if isinstance(v, (dict, list)))
+    return deepest
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise BundleError(f"a number of {len(text)} digits (more than {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _no_constant(name: str):
+    raise BundleError(f"{name} is not valid JSON")
+
+
+def parse_manifest_text(raw: bytes, where: str) -> Any:
+    """JSON of a manifest with bounded size, nesting and numbers; every failure a BundleError."""
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{where} is {len(raw)} bytes, more than the {MAX_MANIFEST_BYTES}-byte limit")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{where} is not valid UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    deep = BundleError(f"{where} nests objects or lists more than {MAX_JSON_DEPTH} deep")
+    try:
+        doc = json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
+    except BundleError as exc:
+        raise BundleError(f"{where} is not a valid manifest: {exc}") from None
+    except RecursionError:
+        raise deep from None
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise BundleError(f"{where} is not valid JSON: {excerpt(str(exc), 200)}") from None
+    if _json_depth(doc) > MAX_JSON_DEPTH:
+        raise deep
+    return doc
+
+
+def _read_manifest(mpath: Path) -> Any:
+    try:
+        with open(mpath, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise BundleError(f"cannot read {mpath}: {exc.strerror or exc}") from None
+    return parse_manifest_text(raw, str(mpath))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -45,12 +104,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def _safe_relpath(rel: str, where: str) -> str:
     """A manifest path: relative, POSIX, no '..', no drive, every part a plain name."""
     if not isinstance(rel, str) or not rel:
-        raise BundleError(f"{where}: path must be a non-empty string, got {rel!r}")
+        raise BundleError(f"{where}: path must be a non-empty string, got {excerpt(rel)}")
+    if len(rel) > 255:
+        raise BundleError(f"{where}: path {excerpt(rel)} is longer than 255 characters")
     p = PurePosixPath(rel)
     if p.is_absolute() or "\\" in rel or ":" in rel:
-        raise BundleError(f"{where}: path {rel!r} must be relative to the bundle folder")
+        raise BundleError(f"{where}: path {excerpt(rel)} must be relative to the bundle folder")
     if any(part in ("..", ".", "") or not _SAFE_NAME.match(part) for part in p.parts):
-        raise BundleError(f"{where}: path {rel!r} may only hold plain names (letters, digits, '.', '_', '-')")
+        raise BundleError(f"{where}: path {excerpt(rel)} may only hold plain names (letters, digits, '.', '_', '-')")
     return str(p)
 
 
@@ -97,13 +158,15 @@ def _parse_artifact(d: Any, i: int) -> Artifact:
         files = d["files"]
     except KeyError as exc:
         raise BundleError(f"{where} lacks {exc}") from exc
-    if kind not in KINDS:
-        raise BundleError(f"{where} ({name}): unknown kind {kind!r}; known: {', '.join(KINDS)}")
-    if role not in ROLES:
-        raise BundleError(f"{where} ({name}): unknown role {role!r}; known: {', '.join(ROLES)}")
+    if not isinstance(name, str) or not name or len(name) > 200:
+        raise BundleError(f"{where}: name must be a string of 1 to 200 characters, got {excerpt(name)}")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise BundleError(f"{where} ({name}): unknown kind {excerpt(kind)}; known: {', '.join(KINDS)}")
+    if not isinstance(role, str) or role not in ROLES:
+        raise BundleError(f"{where} ({name}): unknown role {excerpt(role)}; known: {', '.join(ROLES)}")
     precision = d.get("precision")
-    if precision not in PRECISIONS:
-        raise BundleError(f"{where} ({name}): unknown precision {precision!r}")
+    if not (precision is None or isinstance(precision, str)) or precision not in PRECISIONS:
+        raise BundleError(f"{where} ({name}): unknown precision {excerpt(precision)}")
     if not isinstance(files, list) or not files:
         raise BundleError(f"{where} ({name}): 'files' must be a non-empty list")
     entries = []
@@ -112,13 +175,17 @@ def _parse_artifact(d: Any, i: int) -> Artifact:
             raise BundleError(f"{where} ({name}): each file needs path, sha256 and bytes")
         sha = f["sha256"]
         if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
-            raise BundleError(f"{where} ({name}): sha256 of {f['path']!r} is not a hex digest")
-        if not isinstance(f["bytes"], int) or f["bytes"] < 0:
-            raise BundleError(f"{where} ({name}): bytes of {f['path']!r} must be a non-negative integer")
+            raise BundleError(f"{where} ({name}): sha256 of {excerpt(f['path'])} is not a hex digest")
+        if not isinstance(f["bytes"], int) or isinstance(f["bytes"], bool) or f["bytes"] < 0:
+            raise BundleError(f"{where} ({name}): bytes of {excerpt(f['path'])} must be a non-negative integer")
         entries.append(FileEntry(_safe_relpath(f["path"], f"{where} ({name})"), sha, f["bytes"]))
     attrs = d.get("attrs", {})
     if not isinstance(attrs, dict):
         raise BundleError(f"{where} ({name}): attrs must be an object")
+    for key in _BOOL_ATTRS:
+        if key in attrs and not isinstance(attrs[key], bool):
+            raise BundleError(f"{where} ({name}): attrs.{key} must be true or false (a JSON boolean), got "
+                              f"{excerpt(attrs[key])}")
     return Artifact(kind, precision, entries[0].path, name=str(name), role=role, files=entries, attrs=attrs)
 
 
@@ -215,10 +282,7 @@ class Bundle:
             raise BundleError(f"bundle folder not found: {self.root}")
         if not mpath.is_file():
             raise BundleError(f"{self.root} is not a smirk-edge bundle: {MANIFEST} is missing")
-        try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"{mpath} is not valid JSON: {exc}") from exc
+        manifest = _read_manifest(mpath)
         if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
             raise BundleError(f"{mpath} is not a smirk-edge bundle manifest (schema {SCHEMA!r} expected)")
         version = manifest.get("schema_version")
@@ -290,8 +354,15 @@ class Bundle:
         """Absolute path of one of the artifact's files, checked against its sha256 (once)."""
         entry = artifact.files[index]
         path = (self.root / entry.path)
-        resolved = path.resolve()
-        if self.root.resolve() not in resolved.parents:
+        try:
+            resolved = path.resolve(strict=True)
+            inside = self.root.resolve(strict=True) in resolved.parents
+        except FileNotFoundError:
+            raise BundleError(f"artifact {artifact.name}: file {entry.path} is missing from {self.root}") from None
+        except (OSError, RuntimeError) as exc:  # a symlink loop: ELOOP, or RuntimeError before Python 3.13
+            raise BundleError(f"artifact {artifact.name}: {entry.path!r} cannot be resolved ({exc}); "
+                              "the bundle holds a symbolic-link loop or an unreadable link") from None
+        if not inside:
             raise BundleError(f"artifact {artifact.name}: {entry.path!r} resolves outside the bundle")
         if not path.is_file():
             raise BundleError(f"artifact {artifact.name}: file {entry.path} is missing from {self.root}")

@@ -77,3 +77,27 @@ class EngineUnavailable(SmirkEdgeError, ImportError):
         if detail:
             msg += f"  ({detail})"
         super().__init__(msg)
+
+
+class OutputError(SmirkEdgeError, OSError):
+    """A result that could not be written (folder missing or read-only, disk full, encoder failed)."""
+
+
+def excerpt(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for quoting untrusted values in messages.
+
+    Bytes and long strings are never quoted in full (an error about a 40 MB file must stay short).
+    """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        return repr(value[:limit]) + f"...<{len(value)} chars>"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a hostile __repr__
+        text = f"<{type(value).__name__}>"
+    if len(text) > limit:
+        text = text[:limit] + f"...<{len(text)} chars>"
+    return text

@@ -18,6 +18,16 @@ def write_mesh(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray)
     if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3:
         raise InputError(f"mesh needs vertices (V, 3) and faces (F, 3), got {v.shape} and {f.shape}")
     suffix = path.suffix.lower()
+    if suffix not in (".obj", ".ply"):
+        raise InputError(f"mesh file must end in .obj or .ply, got {path.name}")
+    from .fileio import atomic_file
+
+    with atomic_file(path) as tmp:
+        _write(tmp, suffix, v, f)
+    return path
+
+
+def _write(path: Path, suffix: str, v: np.ndarray, f: np.ndarray) -> None:
     if suffix == ".obj":
         with open(path, "w", encoding="ascii") as fh:
             fh.write("# smirk-edge mesh\n")
@@ -34,9 +44,6 @@ def write_mesh(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray)
             fh.write(header.encode("ascii"))
             fh.write(v.astype("<f4").tobytes())
             fh.write(tri.tobytes())
-    else:
-        raise InputError(f"mesh file must end in .obj or .ply, got {path.name}")
-    return path
 
 
 def read_mesh(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

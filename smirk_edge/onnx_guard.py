@@ -5,7 +5,8 @@ file, so a hostile model could point it at any file on the device (``../../etc/s
 bundle refuses such models: every external-data location must be a plain file name listed (and
 hashed) in the same manifest artifact. This module walks the protobuf wire format of the messages
 that can hold tensors (ModelProto -> GraphProto -> initializers, sparse initializers, node
-attributes and their sub-graphs; FunctionProto nodes) and returns every location it finds.
+attributes and their sub-graphs; FunctionProto nodes and the default values of function attributes
+(``attribute_proto``); training-info graphs) and returns every location it finds.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from __future__ import annotations
 from .errors import BundleError
 
 # field numbers from onnx.proto3
-_MODEL_GRAPH, _MODEL_FUNCTIONS = 7, 25
+_MODEL_GRAPH, _MODEL_TRAINING_INFO, _MODEL_FUNCTIONS = 7, 20, 25
+_TRAINING_INITIALIZATION, _TRAINING_ALGORITHM = 1, 2
 _GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_SPARSE_INITIALIZER = 1, 5, 15
 _NODE_ATTRIBUTE = 5
 _ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE_TENSOR, _ATTR_SPARSE_TENSORS = 5, 6, 10, 11, 22, 23
 _SPARSE_VALUES, _SPARSE_INDICES = 1, 2
 _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 13, 14
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
-_FUNCTION_NODE = 7
+_FUNCTION_NODE, _FUNCTION_ATTRIBUTE_PROTO = 7, 11
 _MAX_DEPTH = 64
 
 
@@ -80,18 +82,22 @@ def _sparse(buf, out, depth) -> None:
             _tensor(v, out)
 
 
+def _attribute(buf, out, depth) -> None:
+    for af, aw, av in _fields(buf):
+        if aw != 2:
+            continue
+        if af in (_ATTR_T, _ATTR_TENSORS):
+            _tensor(av, out)
+        elif af in (_ATTR_G, _ATTR_GRAPHS):
+            _graph(av, out, depth + 1)
+        elif af in (_ATTR_SPARSE_TENSOR, _ATTR_SPARSE_TENSORS):
+            _sparse(av, out, depth)
+
+
 def _node(buf, out, depth) -> None:
     for f, w, v in _fields(buf):
         if f == _NODE_ATTRIBUTE and w == 2:
-            for af, aw, av in _fields(v):
-                if aw != 2:
-                    continue
-                if af in (_ATTR_T, _ATTR_TENSORS):
-                    _tensor(av, out)
-                elif af in (_ATTR_G, _ATTR_GRAPHS):
-                    _graph(av, out, depth + 1)
-                elif af in (_ATTR_SPARSE_TENSOR, _ATTR_SPARSE_TENSORS):
-                    _sparse(av, out, depth)
+            _attribute(v, out, depth)
 
 
 def _graph(buf, out, depth) -> None:
@@ -117,8 +123,16 @@ def external_data_locations(data: bytes) -> list[str]:
             continue
         if f == _MODEL_GRAPH:
             _graph(v, out, 0)
+        elif f == _MODEL_TRAINING_INFO:
+            for tf, tw, tv in _fields(v):
+                if tf in (_TRAINING_INITIALIZATION, _TRAINING_ALGORITHM) and tw == 2:
+                    _graph(tv, out, 0)
         elif f == _MODEL_FUNCTIONS:
             for ff, fw, fv in _fields(v):
-                if ff == _FUNCTION_NODE and fw == 2:
+                if fw != 2:
+                    continue
+                if ff == _FUNCTION_NODE:
                     _node(fv, out, 0)
+                elif ff == _FUNCTION_ATTRIBUTE_PROTO:
+                    _attribute(fv, out, 0)
     return out

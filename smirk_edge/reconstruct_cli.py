@@ -3,20 +3,32 @@
 Per image ``NAME``: ``NAME.overlay.jpg``, ``NAME.json`` (faces: parameters, landmarks, box, head
 pose) and ``NAME.face<i>.obj`` (or .ply). Per video: ``NAME.overlay.mp4`` and ``NAME.json`` (one
 entry per frame). ``--glb`` adds glTF 2.0 files: ``NAME.face<i>.glb`` per image face and one
-animated ``NAME.track<ID>.glb`` per video track (:mod:`smirk_edge.gltf`). ``summary.json`` lists inputs, faces, failures and mean per-stage times. An
-unreadable input is reported and skipped; ``--strict`` turns any failure into exit code 1 (without
-it, the exit code is 1 only when no input could be processed at all).
+animated ``NAME.track<ID>.glb`` per video track (:mod:`smirk_edge.gltf`). ``summary.json`` lists every input with its result files or its failure, the
+faces and mean per-stage times. An unreadable input, or any error while one input is processed,
+is reported and the run goes on; ``--strict`` turns any failure into exit code 1 (without it, the
+exit code is 1 only when no input could be processed at all).
+
+Nothing is lost or left half-written: every file is written to a temporary name and renamed when
+complete (a full disk or a signal leaves no truncated JSON), every write is checked, an input's
+``NAME.json`` is written last and its files are removed again when any of them fails. The output
+folder is checked (creatable, writable, not one of the input folders) before the model is loaded.
+An input named ``summary.*`` gets the stem ``summary-2``. SIGTERM or Ctrl-C stops after the
+current input and still writes ``summary.json`` (with ``interrupted`` and ``not_run``); the exit
+code is then 128 + the signal number.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+RESERVED_STEMS = {"summary"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,96 +53,139 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path], list[tuple[str, str]]]:
     """Expand folders (sorted) and check that each input exists. Returns (files, problems)."""
+    from .fileio import display_path
+
     files, problems = [], []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            pattern = "**/*" if recursive else "*"
-            found = sorted(f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
-            if not found:
-                problems.append((item, "folder holds no images or videos"))
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            problems.append((item, "no such file or folder"))
+        try:
+            if p.is_dir():
+                pattern = "**/*" if recursive else "*"
+                found = sorted((f for f in p.glob(pattern)
+                                if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES and f.is_file()),
+                               key=lambda f: os.fsencode(f))
+                if not found:
+                    problems.append((display_path(item), "folder holds no images or videos"))
+                files.extend(found)
+            elif p.is_file():
+                files.append(p)
+            else:
+                problems.append((display_path(item), "no such file or folder"))
+        except OSError as exc:
+            problems.append((display_path(item), f"cannot be listed ({exc.strerror or exc})"))
     return files, problems
 
 
-def _unique_stem(path: Path, used: set[str]) -> str:
+def _unique_stem(path: Path, used: set[str], taken_names: set[str] = frozenset()) -> str:
+    """An output stem for ``path`` not used yet, not reserved (``summary``), and whose files would not
+    overwrite an input (``taken_names``: names of input files that lie in the output folder)."""
+    def free(stem: str) -> bool:
+        return (stem not in used and stem.lower() not in RESERVED_STEMS
+                and f"{stem}.overlay.jpg" not in taken_names and f"{stem}.overlay.mp4" not in taken_names)
+
     stem, k = path.stem, 1
-    while stem in used:
+    while not free(stem):
         k += 1
         stem = f"{path.stem}-{k}"
     used.add(stem)
     return stem
 
 
-def _image(rec, path: Path, out: Path, stem: str, mesh_format: str, glb: bool = False) -> int:
-    import cv2
+def _check_output(out: Path, inputs: list[str], recursive: bool) -> None:
+    from .errors import OutputError
+    from .fileio import check_output_folder, display_path
 
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"-o {display_path(out)} is a file, not a folder: name a folder for the results")
+    target = out.resolve()
+    for item in inputs:
+        p = Path(item)
+        if not p.is_dir():
+            continue
+        src = p.resolve()
+        if target == src or (recursive and src in target.parents):
+            raise OutputError(f"-o {display_path(out)} is the input folder {display_path(item)} (or inside it): "
+                              "results would overwrite your files and be read as inputs; choose another folder")
+    check_output_folder(out)
+
+
+def _json_bytes(doc: dict) -> bytes:
+    return json.dumps(doc, indent=1, allow_nan=False).encode("utf-8")
+
+
+def _image(rec, path: Path, out: Path, stem: str, mesh_format: str, written: list[Path], glb: bool = False) -> int:
     from .draw import draw
-    from .image import load_image
+    from .fileio import atomic_write, display_path
+    from .image import encode_image, load_image
 
     image = load_image(path)
     faces = rec(image)
-    cv2.imwrite(str(out / f"{stem}.overlay.jpg"), draw(image, faces))
-    (out / f"{stem}.json").write_text(json.dumps(
-        {"input": str(path), "width": image.shape[1], "height": image.shape[0], "timings_ms": rec.timings,
-         "faces": [f.to_dict() for f in faces]}, indent=1))
+    overlay = encode_image(draw(image, faces), ".jpg")
+    doc = _json_bytes({"input": display_path(path), "width": image.shape[1], "height": image.shape[0],
+                       "timings_ms": rec.timings, "faces": [f.to_dict() for f in faces]})
+    del image
+    written.append(atomic_write(out / f"{stem}.overlay.jpg", overlay))
     if mesh_format != "none":
         for i, f in enumerate(faces):
-            f.save_mesh(out / f"{stem}.face{i}.{mesh_format}")
+            written.append(f.save_mesh(out / f"{stem}.face{i}.{mesh_format}"))
     for i, f in enumerate(faces if glb else []):  # glTF hook: smirk_edge.gltf
-        f.save_mesh(out / f"{stem}.face{i}.glb", space="model")
+        written.append(f.save_mesh(out / f"{stem}.face{i}.glb", space="model"))
+    written.append(atomic_write(out / f"{stem}.json", doc))  # last: the record that the input is done
     return len(faces)
 
 
-def _video(rec, path: Path, out: Path, stem: str, glb: bool = False) -> int:
+def _video(rec, path: Path, out: Path, stem: str, written: list[Path], glb: bool = False) -> int:
     import cv2
 
     from .draw import draw
-    from .errors import InputError
+    from .errors import InputError, OutputError
+    from .fileio import atomic_write, display_path, opencv_readable_path, opencv_writable_path
 
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise InputError(f"{path}: cannot open video")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
-    writer, frames_json, n_faces = None, [], 0
+    frames_json, n_faces, fps = [], 0, 30.0
+    target = out / f"{stem}.overlay.mp4"
     tracks = None
     if glb:  # glTF hook: one animated .glb per track (smirk_edge.gltf)
         from .gltf import TrackRecorder
 
         tracks = TrackRecorder(rec.face_model)
+    with opencv_readable_path(path) as src, opencv_writable_path(target) as dst:
+        cap = cv2.VideoCapture(src)
+        if not cap.isOpened():
+            raise InputError(f"{display_path(path)}: cannot open video")
+        fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+        writer = None
 
-    def frames():
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                return
-            yield frame
+        def frames():
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    return
+                yield frame
 
-    try:
-        source = frames()
-        for index, faces in enumerate(rec.stream(_tee(source, holder := []))):
-            frame = holder.pop()
-            if writer is None:
-                h, w = frame.shape[:2]
-                writer = cv2.VideoWriter(str(out / f"{stem}.overlay.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-            writer.write(draw(frame, faces))
-            frames_json.append({"frame": index, "faces": [f.to_dict() for f in faces]})
-            n_faces += len(faces)
-            if tracks is not None:
-                tracks.add(index / fps, faces)
-    finally:
-        cap.release()
-        if writer is not None:
-            writer.release()
-    if not frames_json:
-        raise InputError(f"{path}: no frame could be read")
-    (out / f"{stem}.json").write_text(json.dumps({"input": str(path), "fps": fps, "frames": frames_json}))
+        try:
+            for index, faces in enumerate(rec.stream(_tee(frames(), holder := []))):
+                frame = holder.pop()
+                if writer is None:
+                    h, w = frame.shape[:2]
+                    writer = cv2.VideoWriter(dst, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                    if not writer.isOpened():
+                        raise OutputError(f"{display_path(target)}: OpenCV cannot open a video writer")
+                writer.write(draw(frame, faces))
+                frames_json.append({"frame": index, "faces": [f.to_dict() for f in faces]})
+                n_faces += len(faces)
+                if tracks is not None:
+                    tracks.add(index / fps, faces)
+        finally:
+            cap.release()
+            if writer is not None:
+                writer.release()
+        if not frames_json:
+            raise InputError(f"{display_path(path)}: no frame could be read")
+    written.append(target)
     if tracks is not None:
-        tracks.save(out, stem)
+        written.extend(tracks.save(out, stem))
+    written.append(atomic_write(out / f"{stem}.json", json.dumps(
+        {"input": display_path(path), "fps": fps, "frames": frames_json}, allow_nan=False)))
     return n_faces
 
 
@@ -140,8 +195,49 @@ def _tee(source, holder: list):
         yield frame
 
 
-def run(args: argparse.Namespace) -> int:
+class _Interrupted(BaseException):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, _frame):
+    raise _Interrupted(signum)
+
+
+def _install_signal_handlers() -> dict:
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[sig] = signal.signal(sig, _raise_interrupted)
+        except (ValueError, OSError):  # not the main thread
+            pass
+    return old
+
+
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def _failure_text(path: Path, exc: BaseException) -> str:
     from .errors import SmirkEdgeError
+    from .fileio import display_path
+
+    name = display_path(path)
+    msg = str(exc) if isinstance(exc, (SmirkEdgeError, OSError)) else f"{type(exc).__name__}: {exc}"
+    msg = msg if len(msg) <= 800 else msg[:800] + f"...<{len(msg)} chars>"
+    if not msg.strip():
+        msg = type(exc).__name__
+    return msg if name in msg else f"{name}: {msg}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from .errors import OutputError
+    from .fileio import atomic_write, display_path
     from .progress import progress
     from .reconstructor import Reconstructor
 
@@ -150,38 +246,73 @@ def run(args: argparse.Namespace) -> int:
 
         require("pygltflib")
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    files, failures = collect_inputs(args.inputs, args.recursive)
-    for name, why in failures:
+    _check_output(out, args.inputs, args.recursive)  # before any work: OutputError -> exit code 1
+    files, problems = collect_inputs(args.inputs, args.recursive)
+    failures = [{"input": n, "error": why} for n, why in problems]
+    for name, why in problems:
         print(f"smirk-edge reconstruct: {name}: {why}", file=sys.stderr)
+    out_dir = out.resolve()
+    taken = {p.name for p in files if p.resolve().parent == out_dir}
     rec = Reconstructor(args.bundle, backend=args.backend, precision=args.precision, device=args.device,
                         refine=not args.no_refine, max_faces=args.max_faces, threads=args.threads)
     stage_sums: dict[str, float] = {}
     n_images = n_faces = n_failed_files = 0
     used: set[str] = set()
-    with rec:
-        for path in progress(files, total=len(files), desc="reconstruct", enabled=not args.quiet):
-            stem = _unique_stem(path, used)
-            try:
-                if path.suffix.lower() in VIDEO_SUFFIXES:
-                    n_faces += _video(rec, path, out, stem, glb=args.glb)
-                else:
-                    n_faces += _image(rec, path, out, stem, args.mesh_format, glb=args.glb)
-                    n_images += 1
-                    for k, v in rec.timings.items():
-                        stage_sums[k] = stage_sums.get(k, 0.0) + v
-            except (SmirkEdgeError, OSError) as exc:
-                failures.append((str(path), str(exc)))
-                print(f"smirk-edge reconstruct: {exc}" if str(path) in str(exc) else
-                      f"smirk-edge reconstruct: {path}: {exc}", file=sys.stderr)
-                n_failed_files += 1
-        engine = rec.engine
+    results: list[dict] = []
+    interrupted: int | None = None
+    done = 0
+    old_handlers = _install_signal_handlers()
+    try:
+        with rec:
+            engine = rec.engine
+            for path in progress(files, total=len(files), desc="reconstruct", enabled=not args.quiet):
+                stem = _unique_stem(path, used, taken)
+                written: list[Path] = []
+                try:
+                    if path.suffix.lower() in VIDEO_SUFFIXES:
+                        k = _video(rec, path, out, stem, written, glb=args.glb)
+                    else:
+                        k = _image(rec, path, out, stem, args.mesh_format, written, glb=args.glb)
+                        n_images += 1
+                        for key, v in rec.timings.items():
+                            stage_sums[key] = stage_sums.get(key, 0.0) + v
+                    n_faces += k
+                    results.append({"input": display_path(path), "stem": stem, "faces": k,
+                                    "files": [p.name for p in written]})
+                except BaseException as exc:  # the per-input boundary: clean up; record and go on
+                    _remove(written)
+                    if not isinstance(exc, Exception):
+                        raise  # a signal (or SystemExit): stop, the summary is still written
+                    text = _failure_text(path, exc)
+                    failures.append({"input": display_path(path), "error": text, "type": type(exc).__name__})
+                    print(f"smirk-edge reconstruct: {text}", file=sys.stderr)
+                    n_failed_files += 1
+                done += 1
+    except (_Interrupted, KeyboardInterrupt) as sig:
+        interrupted = getattr(sig, "signum", signal.SIGINT)
+        engine = getattr(rec, "engine", None)
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
     means = {k: round(v / n_images, 3) for k, v in stage_sums.items()} if n_images else {}
-    summary = {"inputs": len(files), "faces": n_faces, "failed": [{"input": n, "error": e} for n, e in failures],
+    summary = {"inputs": len(files), "faces": n_faces, "results": results, "failed": failures,
                "mean_ms": means, "engine": engine}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if interrupted is not None:
+        summary["interrupted"] = signal.Signals(interrupted).name
+        summary["not_run"] = [display_path(p) for p in files[done:]]
+    try:
+        atomic_write(out / "summary.json", _json_bytes(summary))
+    except OutputError as exc:  # keep it anyway: on stdout, one line of JSON
+        print(json.dumps(summary, allow_nan=False))
+        print(f"smirk-edge reconstruct: error: the summary could not be written (printed on stdout instead): "
+              f"{exc}", file=sys.stderr)
+        return 1
     stages = ", ".join(f"{k} {v:.1f}" for k, v in means.items() if k != "decode_image")
-    print(f"{len(files) - n_failed_files}/{len(files)} inputs done, "
+    print(f"{len(results)}/{len(files)} inputs done, "
           f"{n_faces} faces, {len(failures)} failed | mean ms: {stages} | {engine}")
-    nothing_done = bool(failures) and not (len(files) - n_failed_files)
+    if interrupted is not None:
+        print(f"smirk-edge reconstruct: interrupted by {signal.Signals(interrupted).name}; "
+              f"{len(files) - done} inputs not run (listed in summary.json)", file=sys.stderr)
+        return 128 + interrupted
+    nothing_done = bool(failures) and not results
     return 1 if (failures and (args.strict or nothing_done)) else 0

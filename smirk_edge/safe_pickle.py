@@ -264,6 +264,52 @@ def _make_np_functions(ctx: _Context) -> dict[str, Callable]:
     return {"_reconstruct": _reconstruct, "scalar": scalar, "_frombuffer": _frombuffer}
 
 
+# ----------------------------------------------------------------------------- nested lists
+_MAX_LIST_DEPTH = 32
+
+
+def _nested_shape(obj: Any, memo: dict[int, tuple[int, ...]], depth: int, what: str) -> tuple[int, ...]:
+    if isinstance(obj, (list, tuple)):
+        key = id(obj)
+        if key in memo:
+            return memo[key]
+        if depth > _MAX_LIST_DEPTH:
+            raise CorruptFileError(f"{what}: lists nested more than {_MAX_LIST_DEPTH} deep")
+        memo[key] = (-1,)  # a list that contains itself is caught as ragged
+        shapes = {_nested_shape(v, memo, depth + 1, what) for v in obj} if obj else {()}
+        if len(shapes) != 1 or (-1,) in shapes:
+            raise CorruptFileError(f"{what}: ragged nested lists (rows of different lengths), not an array")
+        inner = shapes.pop() if obj else ()
+        shape = (len(obj),) + inner
+        memo[key] = shape
+        return shape
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            raise CorruptFileError(f"{what}: an object array inside a list, not a numeric array")
+        return obj.shape
+    if isinstance(obj, (bool, int, float, np.generic)):
+        return ()
+    raise CorruptFileError(f"{what}: a {type(obj).__name__} where numbers were expected")
+
+
+def as_array(obj: Any, what: str = "array", max_bytes: int = DEFAULT_MAX_ARRAY_BYTES) -> np.ndarray:
+    """``np.asarray(obj)`` for numbers from a file, with the size known before allocating.
+
+    Nested lists are measured first (each distinct list once, so lists that share references cost
+    what the file holds, not what they expand to); ragged lists raise :class:`CorruptFileError`,
+    more than ``max_bytes`` of float64 raises :class:`UnsafeFileError`.
+    """
+    if isinstance(obj, np.ndarray):
+        return obj
+    shape = _nested_shape(obj, {}, 0, what)
+    n = _prod(shape)
+    _check_nbytes(n * 8, max_bytes, f"{what} (nested lists of shape {shape})")
+    try:
+        return np.asarray(obj)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise CorruptFileError(f"{what}: not a numeric array ({type(exc).__name__})") from None
+
+
 # ----------------------------------------------------------------------------- chumpy
 class _ChumpyCh(_Sealed):
     """Stands for ``chumpy.ch.Ch``: chumpy pickles ``__dict__`` without ``_parents`` and
@@ -291,7 +337,7 @@ class _ChumpyCh(_Sealed):
             raise CorruptFileError(
                 "chumpy object without an 'x' array (a computed chumpy expression, not a plain "
                 "array): not supported")
-        x = np.asarray(_resolve(self.state["x"], ctx))
+        x = as_array(_resolve(self.state["x"], ctx), "chumpy array 'x'", ctx.max_array_bytes)
         if x.dtype.hasobject:
             raise CorruptFileError("chumpy object whose 'x' is not a numeric array")
         return x

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 
-from ._lazy import available
+from ._lazy import available, require
 
 # distributions reported by `smirk-edge info` and benchmark rows
 ENGINE_PACKAGES = ("numpy", "opencv-python-headless", "onnxruntime", "openvino", "tensorrt", "torch", "timm",
@@ -100,8 +100,7 @@ def engine_details() -> dict[str, dict]:
             details["onnxruntime"] = {"error": str(exc)}
     if available("openvino"):
         try:
-            import openvino as ov
-
+            ov = require("openvino")
             details["openvino"] = {"devices": ov.Core().available_devices}
         except Exception as exc:
             details["openvino"] = {"error": str(exc)}

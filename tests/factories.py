@@ -115,7 +115,9 @@ def make_tiny_bundle(root, seed: int = 0, face_model_arrays: dict | None = None,
     w.add("encoder.onnx", "onnx", "encoder", onnx_path, precision="fp32")
     w.add("face_model.npz", "face-model", "face_model", fm_path)
     if openvino:
-        import openvino as ov
+        from smirk_edge._lazy import require
+
+        ov = require("openvino")  # telemetry off, as in the SDK
 
         ir = root / "encoder.xml"
         ov.save_model(ov.convert_model(str(onnx_path)), str(ir), compress_to_fp16=False)

@@ -147,16 +147,23 @@ def test_onnx_external_data_must_stay_in_the_artifact(tmp_path, location, listed
             b.main_path(b.get("enc"))
 
 
+def _external_tensor(name: str, location: str):
+    from onnx import TensorProto, helper
+
+    t = helper.make_tensor(name, TensorProto.FLOAT, [1], [0.0])
+    t.data_location = TensorProto.EXTERNAL
+    e = t.external_data.add()
+    e.key, e.value = "location", location
+    return t
+
+
 def test_onnx_guard_finds_locations_in_subgraphs_and_rejects_garbage():
     pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     from smirk_edge.onnx_guard import external_data_locations
 
-    t = helper.make_tensor("c", TensorProto.FLOAT, [1], [0.0])
-    t.data_location = TensorProto.EXTERNAL
-    e = t.external_data.add()
-    e.key, e.value = "location", "../x.bin"
+    t = _external_tensor("c", "../x.bin")
     inner = helper.make_graph([helper.make_node("Constant", [], ["c"], value=t)], "inner", [],
                               [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1])])
     cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
@@ -166,3 +173,21 @@ def test_onnx_guard_finds_locations_in_subgraphs_and_rejects_garbage():
     assert external_data_locations(model.SerializeToString()) == ["../x.bin", "../x.bin"]
     with pytest.raises(BundleError):
         external_data_locations(b"\x3a\xff\xff\xff\xff\x0f")  # graph field claiming 4 GB
+
+
+def test_onnx_guard_reads_function_attribute_defaults_and_training_graphs():
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from smirk_edge.onnx_guard import external_data_locations
+
+    t = _external_tensor("w", "../../etc/shadow")
+    fn = onnx.FunctionProto(name="F", domain="custom")
+    fn.attribute_proto.add().CopyFrom(helper.make_attribute("value", t))  # a default attribute value
+    node = helper.make_node("Constant", [], ["y"], value_float=1.0)
+    graph = helper.make_graph([node], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    assert external_data_locations(helper.make_model(graph, functions=[fn]).SerializeToString()) == [
+        "../../etc/shadow"]
+    model = helper.make_model(graph)
+    model.training_info.add().initialization.CopyFrom(helper.make_graph([], "init", [], [], initializer=[t]))
+    assert external_data_locations(model.SerializeToString()) == ["../../etc/shadow"]

@@ -117,10 +117,13 @@ class FaceTable:
 
 
 def _read_image(path: str) -> np.ndarray:
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(f"cannot read image {path} (missing or corrupt)")
-    return img
+    from ..errors import InputError
+    from ..image import load_image
+
+    try:
+        return load_image(path)
+    except InputError as exc:
+        raise DataError(f"cannot read image {path} (missing, corrupt or too large): {exc}") from None
 
 
 def table_from_annotations(annotations: str | os.PathLike, image_root: str | os.PathLike | None = None,

@@ -475,7 +475,9 @@ def contact_sheet(predictor: TorchPredictor, images: Sequence[np.ndarray], landm
             for r in range(rows_n)]
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), np.concatenate(grid, 0))
+    from ..image import save_image
+
+    save_image(out, np.concatenate(grid, 0))
     return out
 
 

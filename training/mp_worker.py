@@ -92,7 +92,11 @@ def main():
         out = {"id": req.get("id"), "width": 0, "height": 0, "faces": 0, "padded": False,
                "landmarks": "", "error": ""}
         try:
-            img = cv2.imread(req["path"], cv2.IMREAD_COLOR)
+            try:  # Python reads the file: OpenCV never sees a path (non-UTF-8 names crash it)
+                with open(req["path"], "rb") as fh:
+                    img = cv2.imdecode(np.frombuffer(fh.read(), np.uint8), cv2.IMREAD_COLOR)
+            except OSError:
+                img = None
             if img is None or img.size == 0:
                 out["error"] = "cannot decode image (missing, corrupt or unsupported format)"
                 _reply(out)

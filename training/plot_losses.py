@@ -78,7 +78,9 @@ def plot(logs, output: str | Path, keys=DEFAULT_KEYS) -> Path:
         panels.append(_panel(recs, keys, f"stage {stage}: {p}"))
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), np.concatenate(panels, 0))
+    from ..image import save_image
+
+    save_image(out, np.concatenate(panels, 0))
     return out
 
 

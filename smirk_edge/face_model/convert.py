@@ -49,7 +49,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import safe_pickle
-from ..errors import FaceModelError, UnsafeFileError
+from ..errors import FaceModelError, UnsafeFileError, excerpt
 from . import format as fmt
 
 __all__ = ["convert_flame", "build_arrays", "read_flame_model", "read_landmark_embedding",
@@ -79,39 +79,59 @@ _BARY_TOL = 1e-2  # barycentric rows must sum to 1 within this
 
 
 # ----------------------------------------------------------------------------- helpers
+# largest array a FLAME-format input may declare (FLAME 2020's largest is about 50 MB as float64)
+MAX_INPUT_ARRAY_BYTES = 256 << 20
+
+
 def _err(role: str, path: PathLike, msg: str) -> FaceModelError:
-    return FaceModelError(f"{role} {os.fspath(path)!r}: {msg}")
+    if len(msg) > 600:
+        msg = msg[:600] + f"...<{len(msg)} chars>"
+    return FaceModelError(f"{role} {excerpt(os.fspath(path), 200)}: {msg}")
 
 
 def _load_with(loader, role: str, path: PathLike, **kwargs) -> Any:
     """Run a safe_pickle loader, re-raising its errors with the file's role and path."""
     if not Path(os.fspath(path)).is_file():
         raise _err(role, path, "file not found")
+    kwargs.setdefault("max_array_bytes", MAX_INPUT_ARRAY_BYTES)
     try:
         return loader(path, **kwargs)
     except safe_pickle.CorruptFileError as exc:
         raise _err(role, path, f"truncated or corrupt ({exc})") from exc
     except UnsafeFileError as exc:
-        raise UnsafeFileError(f"{role} {os.fspath(path)!r}: {exc}") from exc
+        raise UnsafeFileError(f"{role} {excerpt(os.fspath(path), 200)}: {excerpt(str(exc), 600)}") from exc
 
 
 def _np_load_plain(role: str, path: PathLike) -> Any:
-    """``np.load`` with pickles disabled, errors as :class:`FaceModelError`."""
+    """A ``.npy`` array or an ``.npz`` dict of arrays, pickles disabled, headers checked before any
+    allocation (:mod:`smirk_edge.npz_guard`); errors as :class:`FaceModelError`."""
+    from ..npz_guard import ArrayFileError, is_zip, load_npy, load_npz
+
     if not Path(os.fspath(path)).is_file():
         raise _err(role, path, "file not found")
     try:
-        return np.load(os.fspath(path), allow_pickle=False)
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise _err(role, path, "holds pickled objects where plain arrays were expected") from exc
-        raise _err(role, path, f"cannot read: {exc}") from exc
-    except Exception as exc:  # zip errors, bad magic, truncation
-        raise _err(role, path, f"cannot read (truncated or not a numpy file): {exc}") from exc
+        if is_zip(path):
+            return load_npz(path, "the archive", MAX_INPUT_ARRAY_BYTES, 2 * MAX_INPUT_ARRAY_BYTES)
+        return load_npy(path, "the file", MAX_INPUT_ARRAY_BYTES)
+    except ArrayFileError as exc:
+        raise _err(role, path, f"cannot read: {exc}") from None
+    except OSError as exc:
+        raise _err(role, path, f"cannot read: {exc.strerror or exc}") from None
+
+
+def _numbers(role: str, path: PathLike, name: str, value: Any) -> np.ndarray:
+    """``value`` (an array or nested lists from the file) as an array, sized before allocating."""
+    try:
+        return safe_pickle.as_array(value, repr(name), MAX_INPUT_ARRAY_BYTES)
+    except safe_pickle.CorruptFileError as exc:
+        raise _err(role, path, str(exc)) from None
+    except UnsafeFileError as exc:
+        raise UnsafeFileError(f"{role} {excerpt(os.fspath(path), 200)}: {exc}") from None
 
 
 def _array(role: str, path: PathLike, name: str, value: Any, shape: tuple, kind: str) -> np.ndarray:
     """Check one array: ``shape`` may hold ``None`` for free dims; ``kind`` "f" or "i"."""
-    a = np.asarray(value)
+    a = _numbers(role, path, name, value)
     if a.dtype.hasobject:
         raise _err(role, path, f"{name!r} is not a numeric array")
     if a.ndim != len(shape) or any(w is not None and g != w for g, w in zip(a.shape, shape)):
@@ -231,8 +251,8 @@ def read_landmark_embedding(path: PathLike, n_faces: int) -> dict[str, np.ndarra
     if missing:
         raise _err(role, path, f"missing keys {missing} (is this DECA/SMIRK's landmark_embedding.npy?)")
     S, C, Y = fmt.N_STATIC_LMK, fmt.N_CONTOUR_LMK, fmt.N_YAW_BINS
-    full_f = np.asarray(d["full_lmk_faces_idx"])
-    full_b = np.asarray(d["full_lmk_bary_coords"])
+    full_f = _numbers(role, path, "full_lmk_faces_idx", d["full_lmk_faces_idx"])
+    full_b = _numbers(role, path, "full_lmk_bary_coords", d["full_lmk_bary_coords"])
     if full_f.ndim == 2 and full_f.shape[0] == 1:
         full_f = full_f[0]
     if full_b.ndim == 3 and full_b.shape[0] == 1:
@@ -266,16 +286,12 @@ def read_mediapipe_embedding(path: PathLike, n_faces: int) -> dict[str, np.ndarr
     """
     role = "MediaPipe landmark embedding"
     z = _np_load_plain(role, path)
-    if not isinstance(z, np.lib.npyio.NpzFile):
+    if not isinstance(z, dict):
         raise _err(role, path, "expected an .npz archive with lmk_face_idx, lmk_b_coords, landmark_indices")
-    with z:
-        missing = [k for k in ("lmk_face_idx", "lmk_b_coords", "landmark_indices") if k not in z.files]
-        if missing:
-            raise _err(role, path, f"missing arrays {missing} (has {z.files})")
-        try:
-            raw = {k: z[k] for k in ("lmk_face_idx", "lmk_b_coords", "landmark_indices")}
-        except Exception as exc:
-            raise _err(role, path, f"cannot read (truncated or corrupt): {exc}") from exc
+    missing = [k for k in ("lmk_face_idx", "lmk_b_coords", "landmark_indices") if k not in z]
+    if missing:
+        raise _err(role, path, f"missing arrays {missing} (has {excerpt(sorted(z), 200)})")
+    raw = {k: z[k] for k in ("lmk_face_idx", "lmk_b_coords", "landmark_indices")}
     N = fmt.N_MP_LMK
     fi = _array(role, path, "lmk_face_idx", raw["lmk_face_idx"], (N,), "i")
     bc = _array(role, path, "lmk_b_coords", raw["lmk_b_coords"], (N, 3), "f")
@@ -300,8 +316,7 @@ def read_eyelid(path: PathLike, n_vertices: int, side: str) -> np.ndarray:
     """Read ``l_eyelid.npy`` / ``r_eyelid.npy``: ``(V, 3)`` metres per unit eyelid closure."""
     role = f"{side} eyelid blendshape"
     a = _np_load_plain(role, path)
-    if isinstance(a, np.lib.npyio.NpzFile):
-        a.close()
+    if isinstance(a, dict):
         raise _err(role, path, "expected a .npy array, got an .npz archive")
     a = np.asarray(a)
     if a.ndim == 3 and a.shape[0] == 1:
@@ -323,7 +338,7 @@ def read_face_region(path: PathLike, faces: np.ndarray, n_vertices: int) -> np.n
     if not isinstance(d, dict) or "face" not in d:
         keys = sorted(d) if isinstance(d, dict) else type(d).__name__
         raise _err(role, path, f"expected a dict with a 'face' entry, got {keys}")
-    idx = _array(role, path, "face", np.asarray(d["face"]).reshape(-1), (None,), "i")
+    idx = _array(role, path, "face", _numbers(role, path, "face", d["face"]).reshape(-1), (None,), "i")
     idx = _indices(role, path, "face", idx, n_vertices, "vertices")
     inside = np.zeros(n_vertices, bool)
     inside[idx] = True

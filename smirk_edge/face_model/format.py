@@ -12,7 +12,6 @@ y up, z toward the camera. Everything is float32 / int32 on disk.
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,30 +164,33 @@ def load_arrays(source: str | os.PathLike | bytes) -> tuple[dict[str, np.ndarray
     Returns:
         ``(arrays, meta)``: validated arrays and ``{"model_id", "notice", "format_version"}``.
     """
+    from ..errors import excerpt
+    from ..npz_guard import ArrayFileError, load_npz
+
+    name = f"<{len(source)} bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else excerpt(os.fspath(source), 200)
+    if not isinstance(source, (bytes, bytearray, memoryview)) and not os.path.isfile(source):
+        raise FaceModelError(f"face model file not found: {name}")
     try:
-        if isinstance(source, (bytes, bytearray)):
-            f = np.load(io.BytesIO(source), allow_pickle=False)
-        else:
-            f = np.load(os.fspath(source), allow_pickle=False)
-    except FileNotFoundError as exc:
-        raise FaceModelError(f"face model file not found: {source}") from exc
-    except Exception as exc:  # zip errors, bad magic, pickled object arrays
-        raise FaceModelError(f"cannot read face model {source!r}: {exc}") from exc
-    with f:
-        try:
-            if str(f["format"]) != FORMAT_NAME:
-                raise FaceModelError(f"{source!r} is not a smirk-edge face model (format {str(f['format'])!r})")
-            version = int(f["format_version"])
-            if version > FORMAT_VERSION:
-                raise FaceModelError(
-                    f"{source!r} has face-model format version {version}; this smirk-edge reads up to "
-                    f"{FORMAT_VERSION}: upgrade smirk-edge")
-            meta = {"model_id": str(f["model_id"]), "notice": str(f["notice"]), "format_version": version}
-            arrays = {k: f[k] for k in f.files if k in _SPEC_BY_NAME}
-        except KeyError as exc:
-            raise FaceModelError(f"{source!r} is not a smirk-edge face model (missing {exc})") from exc
-        except FaceModelError:
-            raise
-        except Exception as exc:
-            raise FaceModelError(f"cannot read face model {source!r}: {exc}") from exc
+        f = load_npz(source, f"face model {name}")
+    except ArrayFileError as exc:
+        raise FaceModelError(f"cannot read face model: {exc}") from None
+    except OSError as exc:
+        raise FaceModelError(f"cannot read face model {name}: {exc.strerror or exc}") from None
+    try:
+        fmt_name = str(f["format"])[:80]
+        if fmt_name != FORMAT_NAME:
+            raise FaceModelError(f"{name} is not a smirk-edge face model (format {fmt_name!r})")
+        version = int(f["format_version"])
+        if version > FORMAT_VERSION:
+            raise FaceModelError(
+                f"{name} has face-model format version {version}; this smirk-edge reads up to "
+                f"{FORMAT_VERSION}: upgrade smirk-edge")
+        meta = {"model_id": str(f["model_id"]), "notice": str(f["notice"]), "format_version": version}
+        arrays = {k: v for k, v in f.items() if k in _SPEC_BY_NAME}
+    except KeyError as exc:
+        raise FaceModelError(f"{name} is not a smirk-edge face model (missing {excerpt(exc.args[0])})") from None
+    except FaceModelError:
+        raise
+    except Exception as exc:
+        raise FaceModelError(f"cannot read face model {name}: {type(exc).__name__}: {excerpt(str(exc), 200)}") from None
     return validate(arrays), meta
