@@ -69,7 +69,6 @@ def _panel(records: list[dict], keys, title: str, w: int = 640, h: int = 360) ->
 
 def plot(logs, output: str | Path, keys=DEFAULT_KEYS) -> Path:
     """Write one panel per log, stacked vertically, to ``output`` (PNG)."""
-    import cv2
 
     panels = []
     for p in logs:
