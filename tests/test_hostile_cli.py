@@ -124,20 +124,20 @@ def test_video_with_a_non_utf8_name(bundle, tmp_path, raw):
 
 # ----------------------------------------------------------------------------- per-input boundary
 def test_an_untyped_error_in_one_input_is_recorded_and_the_batch_goes_on(bundle, tmp_path, monkeypatch, capsys):
-    from smirk_edge.reconstructor import Reconstructor
+    from smirk_edge.pipeline import Stages
 
     inp = tmp_path / "in"
     inp.mkdir()
     for k in range(3):
         (inp / f"img{k}.jpg").write_bytes(_jpeg(k, (240, 320 + 8 * k)))
-    real = Reconstructor._landmark_boxes
+    real = Stages.detect
 
-    def flaky(self, image, t):
+    def flaky(self, image, *args, **kwargs):
         if image.shape[1] == 328:
             raise RuntimeError("detector session failed: bad alloc")
-        return real(self, image, t)
+        return real(self, image, *args, **kwargs)
 
-    monkeypatch.setattr(Reconstructor, "_landmark_boxes", flaky)
+    monkeypatch.setattr(Stages, "detect", flaky)
     out = tmp_path / "out"
     code = main(["reconstruct", str(inp), "-o", str(out), "--bundle", str(bundle), "--backend", "onnxruntime",
                  "--quiet"])
