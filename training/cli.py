@@ -161,6 +161,9 @@ def evaluate_add_arguments(p: argparse.ArgumentParser) -> None:
                         "68-point NME overall and per yaw bin; :SUBSET keeps one part of --landmarks68-split "
                         "(repeatable; needs --annotations made over a root that contains the folder)")
     p.add_argument("--landmarks68-split", metavar="JSON", help="split file for DIR:SUBSET above")
+    p.add_argument("--pipeline", choices=("landmarks", "full"), default="landmarks",
+                   help="landmarks: SMIRK's test crop from the annotation's MediaPipe box (default); full (a "
+                        "bundle only): what a user gets, Reconstructor(bundle)(image) with its detector")
     p.add_argument("--face-model", metavar="NPZ", help="face model (default: the stand-in)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--out", metavar="DIR", help="write eval.json and contact_sheet.png here")
@@ -174,7 +177,8 @@ def evaluate_run(args: argparse.Namespace) -> int:
                    image_root=args.data, split=args.split, subset=args.subset, expressive_csv=args.expressive_csv,
                    synthetic=args.synthetic, limit=args.limit, out_dir=args.out, device=args.device,
                    face_model=args.face_model, progress=lambda s: print(s, file=sys.stderr),
-                   landmarks68=args.landmarks68, landmarks68_split=args.landmarks68_split)
+                   landmarks68=args.landmarks68, landmarks68_split=args.landmarks68_split,
+                   pipeline=args.pipeline)
     print(json.dumps(rep, indent=1))
     return 0
 

@@ -233,6 +233,37 @@ class BundlePredictor:
         return Prediction(np.asarray(l105), np.asarray(l68), {k: np.asarray(v) for k, v in params.items()})
 
 
+class PipelinePredictor:
+    """What a user gets: ``Reconstructor(bundle)(image)`` with its defaults (detector, crop, refine).
+
+    The face reported for an annotated one is the detection nearest the annotation's box centre;
+    a photo where the detector finds none gives NaN landmarks (counted as ``missed`` by the
+    evaluations, left out of their means)."""
+
+    def __init__(self, bundle: str | os.PathLike | None = None, backend: str = "auto"):
+        from smirk_edge import Reconstructor
+
+        self.rec = Reconstructor(bundle, backend=backend)
+
+    def predict(self, images: Sequence[np.ndarray], landmarks478: Sequence[np.ndarray]) -> Prediction:
+        l105, l68, params = [], [], {"expression": [], "jaw": [], "eyelid": []}
+        for im, lm in zip(images, landmarks478):
+            faces = self.rec(im)
+            c = np.asarray(lm)[:, :2].mean(0)
+            if len(faces):
+                f = min(faces, key=lambda f: float(np.linalg.norm(f.landmarks68.mean(0) - c)))
+                l105.append(f.landmarks105)
+                l68.append(f.landmarks68)
+                for k in params:
+                    params[k].append(getattr(f.params, k))
+            else:
+                l105.append(np.full((105, 2), np.nan))
+                l68.append(np.full((68, 2), np.nan))
+                for k, w in (("expression", 50), ("jaw", 3), ("eyelid", 2)):
+                    params[k].append(np.full(w, np.nan))
+        return Prediction(np.asarray(l105), np.asarray(l68), {k: np.asarray(v) for k, v in params.items()})
+
+
 # ------------------------------------------------------------------------------------------ evaluations
 
 
@@ -273,14 +304,14 @@ def evaluate_landmarks(predictor, table, limit: int | None = None, chunk: int = 
     names = [str(x) for x in table.names[:n]]
     for src in sorted({x.split("/", 1)[0] for x in names if "/" in x}):
         m = np.array([x.startswith(src + "/") for x in names])
-        by_source[src] = {"n": int(m.sum()), "nme105": float(nme105[m].mean()), "nme68": float(nme68[m].mean())}
+        by_source[src] = {"n": int(m.sum()), "nme105": float(np.nanmean(nme105[m])), "nme68": float(np.nanmean(nme68[m]))}
     return {
         "by_source": by_source,
         "_per_image_nme105": nme105,
-        "n": int(n),
-        "nme105": float(nme105.mean()), "nme105_median": float(np.median(nme105)),
-        "nme68": float(nme68.mean()), "nme68_median": float(np.median(nme68)),
-        "err105_crop_px": float(err105.mean()),
+        "n": int(n), "missed": int(np.isnan(nme105).sum()),  # faces the predictor did not find (full pipeline)
+        "nme105": float(np.nanmean(nme105)), "nme105_median": float(np.nanmedian(nme105)),
+        "nme68": float(np.nanmean(nme68)), "nme68_median": float(np.nanmedian(nme68)),
+        "err105_crop_px": float(np.nanmean(err105)),
         "baseline_mean_face": {"nme105": float(landmark_nme(b105, g105).mean()),
                                "nme68": float(landmark_nme(b68, g68).mean()), "camera": cam.tolist()},
         "normalisation": "mean point error / sqrt(w*h) of the ground-truth landmark box, averaged over images",
@@ -334,6 +365,12 @@ def evaluate_landmarks68(predictor, table, chunk: int = 64, face_model_path=None
         pr = predictor.predict([table.read(j) for j in idx], [table.landmarks478[j] for j in idx])
         p68.append(pr.landmarks68)
     p68 = np.concatenate(p68)
+    found = np.isfinite(p68).all((1, 2))
+    missed = int((~found).sum())
+    p68, table = p68[found], table.select(found)
+    n = len(table)
+    if n == 0:
+        raise InputError("the predictor found none of the annotated faces")
     g68 = table.landmarks68
     nme = landmark_nme(p68, g68)
     wh = g68.max(1) - g68.min(1)
@@ -344,7 +381,7 @@ def evaluate_landmarks68(predictor, table, chunk: int = 64, face_model_path=None
         m = (np.abs(yaw) >= lo) & (np.abs(yaw) < hi if hi < 90 else np.abs(yaw) <= 180)
         bins[f"{int(lo)}-{int(hi)}"] = {"n": int(m.sum()), "nme68": float(nme[m].mean()) if m.any() else None}
     worst = np.argsort(-nme)[:8]
-    return {"n": int(n), "nme68": float(nme.mean()), "nme68_median": float(np.median(nme)),
+    return {"n": int(n), "missed": missed, "nme68": float(nme.mean()), "nme68_median": float(np.median(nme)),
             "nme68_inner51": float(inner.mean()), "by_yaw": bins,
             "worst": [{"name": str(table.names[k]), "nme68": float(nme[k]), "yaw": float(yaw[k])} for k in worst],
             "yaw": "fitted to the annotated 51 inner points (scaled orthographic, the stand-in's neutral face)",
@@ -433,9 +470,12 @@ def probe_expressive(predictor, table, csv_path: str | os.PathLike, limit: int |
         pr = predictor.predict([table.read(j) for j in part], [table.landmarks478[j] for j in part])
         feats.append(np.concatenate([pr.params["expression"], pr.params["jaw"], pr.params["eyelid"]], 1))
     X = np.concatenate(feats)
-    labels = [rows[os.path.basename(str(table.names[j]))][0] for j in idx]
-    groups = [rows[os.path.basename(str(table.names[j]))][1] for j in idx]
-    return linear_probe(X, labels, groups)
+    labels = np.array([rows[os.path.basename(str(table.names[j]))][0] for j in idx])
+    groups = np.array([rows[os.path.basename(str(table.names[j]))][1] for j in idx])
+    ok = np.isfinite(X).all(1)  # a full-pipeline predictor may miss a face
+    out = linear_probe(X[ok], labels[ok], groups[ok])
+    out["missed"] = int((~ok).sum())
+    return out
 
 
 def contact_sheet(predictor: TorchPredictor, images: Sequence[np.ndarray], landmarks478: Sequence[np.ndarray],
@@ -486,15 +526,25 @@ def evaluate(checkpoint: str | None = None, bundle: str | None = None, annotatio
              expressive_csv: str | None = None, synthetic: int = 0, limit: int | None = None,
              out_dir: str | os.PathLike | None = None, device: str = "cpu", face_model: str | None = None,
              sheet: int = 16, progress: Callable[[str], None] | None = None,
-             landmarks68: Sequence[str] = (), landmarks68_split: str | None = None) -> dict:
+             landmarks68: Sequence[str] = (), landmarks68_split: str | None = None,
+             pipeline: str = "landmarks") -> dict:
     """Run every evaluation the inputs allow and return (and write, with ``out_dir``) the report."""
     from .data import read_split, table_from_annotations, table_from_shards
 
     if (checkpoint is None) == (bundle is None):
         raise InputError("give exactly one of a checkpoint or a bundle")
     say = progress or (lambda s: None)
-    pred = TorchPredictor(checkpoint, face_model, device) if checkpoint else BundlePredictor(bundle)
-    report: dict = {"checkpoint": checkpoint, "bundle": bundle}
+    if pipeline not in ("landmarks", "full"):
+        raise InputError(f"pipeline must be 'landmarks' or 'full', got {pipeline!r}")
+    if pipeline == "full" and not bundle:
+        raise InputError("--pipeline full runs a bundle through the whole SDK path: give --bundle")
+    if checkpoint:
+        pred = TorchPredictor(checkpoint, face_model, device)
+    else:
+        pred = PipelinePredictor(bundle) if pipeline == "full" else BundlePredictor(bundle)
+    report: dict = {"checkpoint": checkpoint, "bundle": bundle,
+                    "crop": "SMIRK's test crop (1.6) from the MediaPipe landmarks" if pipeline == "landmarks"
+                    else "the SDK's defaults: detector, crop, refine (Reconstructor(bundle)(image))"}
     out = Path(out_dir) if out_dir else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
