@@ -1,8 +1,9 @@
 """``smirk-edge reconstruct INPUT... -o OUT``: images, folders and videos to overlays, meshes and JSON.
 
 Per image ``NAME``: ``NAME.overlay.jpg``, ``NAME.json`` (faces: parameters, landmarks, box, head
-pose) and ``NAME.face<i>.obj`` (or .ply). Per video: ``NAME.overlay.mp4`` and ``NAME.json`` (one
-entry per frame). ``summary.json`` lists inputs, faces, failures and mean per-stage times. An
+pose) and ``NAME.face<i>.obj`` (or .ply). Per video, camera (``0``) or stream URL (``rtsp://...``,
+``http://.../stream.mjpg``): ``NAME.jsonl`` (one line per frame, written as it is made),
+``NAME.overlay.mp4`` and the summary ``NAME.json`` (see :mod:`smirk_edge.video_out`). ``summary.json`` lists inputs, faces, failures and mean per-stage times. An
 unreadable input is reported and skipped; ``--strict`` turns any failure into exit code 1 (without
 it, the exit code is 1 only when no input could be processed at all).
 """
@@ -19,7 +20,8 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", help="image files, folders of images, or video files")
+    p.add_argument("inputs", nargs="+", help="image files, folders of images, video files, camera indices (0) "
+                   "or stream URLs (rtsp://, http(s)://)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--bundle", default=None, help="model bundle folder (default: the embedded model)")
     p.add_argument("--backend", default="auto", help="auto, onnxruntime, openvino or tensorrt")
@@ -33,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
     p.add_argument("--strict", action="store_true", help="exit with code 1 when any input fails")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    # video, camera and stream options (smirk_edge.video_out)
+    p.add_argument("--max-frames", type=int, default=None, help="videos and streams: stop after N frames")
+    p.add_argument("--no-overlay", action="store_true", help="videos and streams: no overlay video")
 
 
 def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -51,6 +56,17 @@ def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Pat
         else:
             problems.append((item, "no such file or folder"))
     return files, problems
+
+
+def _live_stem(spec: str) -> str:
+    """``camera0`` for a camera index; the URL's last path part (or host) for a stream."""
+    if spec.strip().isdigit():
+        return f"camera{spec.strip()}"
+    from urllib.parse import urlsplit
+
+    u = urlsplit(spec)
+    name = Path(u.path).stem or u.hostname or "stream"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "stream"
 
 
 def _unique_stem(path: Path, used: set[str]) -> str:
@@ -80,49 +96,21 @@ def _image(rec, path: Path, out: Path, stem: str, mesh_format: str) -> int:
     return len(faces)
 
 
-def _video(rec, path: Path, out: Path, stem: str) -> int:
-    import cv2
-
-    from .draw import draw
+def _video(rec, path: Path | str, out: Path, stem: str, args: argparse.Namespace) -> int:
+    """A video file, camera or stream: :func:`smirk_edge.video_out.reconstruct_video`."""
     from .errors import InputError
+    from .sources import open_source
+    from .video_out import reconstruct_video
 
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise InputError(f"{path}: cannot open video")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
-    writer, frames_json, n_faces = None, [], 0
-
-    def frames():
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                return
-            yield frame
-
-    try:
-        source = frames()
-        for index, faces in enumerate(rec.stream(_tee(source, holder := []))):
-            frame = holder.pop()
-            if writer is None:
-                h, w = frame.shape[:2]
-                writer = cv2.VideoWriter(str(out / f"{stem}.overlay.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-            writer.write(draw(frame, faces))
-            frames_json.append({"frame": index, "faces": [f.to_dict() for f in faces]})
-            n_faces += len(faces)
-    finally:
-        cap.release()
-        if writer is not None:
-            writer.release()
-    if not frames_json:
+    with open_source(str(path), getattr(args, "max_frames", None)) as src:
+        summary = reconstruct_video(rec, src, out, stem, overlay=not getattr(args, "no_overlay", False),
+                                    show_progress=not args.quiet)
+    if not summary["frames"]:
         raise InputError(f"{path}: no frame could be read")
-    (out / f"{stem}.json").write_text(json.dumps({"input": str(path), "fps": fps, "frames": frames_json}))
-    return n_faces
-
-
-def _tee(source, holder: list):
-    for frame in source:
-        holder.append(frame)
-        yield frame
+    if summary["truncated"]:
+        print(f"smirk-edge reconstruct: {path}: truncated: {summary['frames_read']} of "
+              f"{summary['expected_frames']} frames could be read", file=sys.stderr)
+    return summary["faces"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,7 +120,10 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    files, failures = collect_inputs(args.inputs, args.recursive)
+    from .sources import is_live_spec
+
+    live = [i for i in args.inputs if is_live_spec(i) and not Path(i).exists()]  # cameras, stream URLs
+    files, failures = collect_inputs([i for i in args.inputs if i not in live], args.recursive)
     for name, why in failures:
         print(f"smirk-edge reconstruct: {name}: {why}", file=sys.stderr)
     rec = Reconstructor(args.bundle, backend=args.backend, precision=args.precision, device=args.device,
@@ -141,11 +132,12 @@ def run(args: argparse.Namespace) -> int:
     n_images = n_faces = n_failed_files = 0
     used: set[str] = set()
     with rec:
-        for path in progress(files, total=len(files), desc="reconstruct", enabled=not args.quiet):
-            stem = _unique_stem(path, used)
+        items: list[Path | str] = [*files, *live]
+        for path in progress(items, total=len(items), desc="reconstruct", enabled=not args.quiet):
+            stem = _unique_stem(Path(_live_stem(path)) if isinstance(path, str) else path, used)
             try:
-                if path.suffix.lower() in VIDEO_SUFFIXES:
-                    n_faces += _video(rec, path, out, stem)
+                if isinstance(path, str) or path.suffix.lower() in VIDEO_SUFFIXES:
+                    n_faces += _video(rec, path, out, stem, args)
                 else:
                     n_faces += _image(rec, path, out, stem, args.mesh_format)
                     n_images += 1
@@ -158,11 +150,12 @@ def run(args: argparse.Namespace) -> int:
                 n_failed_files += 1
         engine = rec.engine
     means = {k: round(v / n_images, 3) for k, v in stage_sums.items()} if n_images else {}
-    summary = {"inputs": len(files), "faces": n_faces, "failed": [{"input": n, "error": e} for n, e in failures],
+    summary = {"inputs": len(files) + len(live), "faces": n_faces, "failed": [{"input": n, "error": e} for n, e in failures],
                "mean_ms": means, "engine": engine}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     stages = ", ".join(f"{k} {v:.1f}" for k, v in means.items() if k != "decode_image")
-    print(f"{len(files) - n_failed_files}/{len(files)} inputs done, "
+    n_inputs = len(files) + len(live)
+    print(f"{n_inputs - n_failed_files}/{n_inputs} inputs done, "
           f"{n_faces} faces, {len(failures)} failed | mean ms: {stages} | {engine}")
-    nothing_done = bool(failures) and not (len(files) - n_failed_files)
+    nothing_done = bool(failures) and not (n_inputs - n_failed_files)
     return 1 if (failures and (args.strict or nothing_done)) else 0
