@@ -66,15 +66,17 @@ def test_a_frame_size_change_gives_correct_boxes_from_the_next_frame(rec, astron
 
 def test_tracked_box_does_not_drift_on_a_real_clip(rec, shared_data):
     """The box of a long tracked run stays on the face as the per-frame reconstruction sees it
-    (the old tracker's box shrank between re-detections on this clip)."""
-    path = shared_data / "videos" / "PC-AVS_00098.mp4"
+    (the old tracker's box settled at 1.2-1.4 times the face on this clip without re-detections)."""
+    path = shared_data / "videos" / "LivePortrait_d9.mp4"
     if not path.is_file():
         pytest.skip(f"needs {path} (../shared/data/videos)")
-    with open_source(str(path), max_frames=40) as src:
+    with open_source(str(path), max_frames=60) as src:
         frames = list(src)
-    tracked = list(rec.stream(frames))
+    stream = rec.stream(frames)
+    stream.tracker.redetect_every = 10**6  # only the tracker's own checks keep it on the face
+    tracked = list(stream)
     ious = []
-    for frame, r in zip(frames, tracked):
+    for frame, r in list(zip(frames, tracked))[::3]:
         ref = rec(frame)
         assert len(r) == 1 and len(ref) == 1
         ious.append(box_iou(r[0].box, ref[0].box))
