@@ -88,9 +88,9 @@ class StreamSmoothing:
     (``benchmarks/video_accuracy.py``, docs/video.md).
     """
 
-    landmarks: OneEuroConfig = OneEuroConfig(min_cutoff=1.5, beta=4.0, d_cutoff=1.0)
-    pose: OneEuroConfig = OneEuroConfig(min_cutoff=1.5, beta=4.0, d_cutoff=1.0)
-    expression: OneEuroConfig = OneEuroConfig(min_cutoff=2.0, beta=1.0, d_cutoff=1.0)
+    landmarks: OneEuroConfig = OneEuroConfig(min_cutoff=1.0, beta=8.0, d_cutoff=1.0)
+    pose: OneEuroConfig = OneEuroConfig(min_cutoff=1.0, beta=6.0, d_cutoff=1.0)
+    expression: OneEuroConfig = OneEuroConfig(min_cutoff=2.5, beta=1.0, d_cutoff=1.0)
     identity_frames: int = 60
 
     def __post_init__(self):

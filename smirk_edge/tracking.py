@@ -9,7 +9,8 @@ its filters (:class:`~smirk_edge.smoothing.StreamSmoothing`) and its identity lo
    frames, and whenever a track fails its check; detections are matched to tracks by IoU;
 3. otherwise each track is *checked*: the detector runs on the region around the track (a small
    image, far cheaper than the whole frame). A track whose region holds no face is ended (its
-   face has left or is hidden) and the frame is re-detected; the detection's score is the track's
+   face has left or is hidden) and the frame is re-detected (``detector.detect_region`` when the
+   detector has it: BlazeFace's short-range model alone on the 128 px region); the detection's score is the track's
    confidence (:attr:`Face.score <smirk_edge.results.Face.score>`);
 4. each track is cropped from its box: the box of its last predicted landmarks pulled toward the
    box the check found (the landmark -> box loop alone has a fixed point smaller than the face,
@@ -37,7 +38,7 @@ __all__ = ["Track", "Tracker", "box_iou"]
 SMOOTHED = ("pose", "shape", "expression", "eyelid", "jaw", "affine")
 CHECK_REGION = 2.2
 """Side of the region a track's check runs the detector on, in track-box sides."""
-CHECK_SIZE = 192
+CHECK_SIZE = 128
 """The region is resampled to at most this many pixels a side before detection."""
 MIN_IOU = 0.3
 """A detection belongs to a track when their landmark boxes overlap by at least this IoU."""
@@ -204,7 +205,8 @@ class Tracker:
         k = out / side
         m = np.array([[k, 0.0, out / 2.0 - k * cx], [0.0, k, out / 2.0 - k * cy]])
         region = cv2.warpAffine(img, m, (out, out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        det = self.stages.detector.detect(region)
+        detector = self.stages.detector
+        det = getattr(detector, "detect_region", detector.detect)(region)
         best, best_iou = None, MIN_IOU
         for b, s in zip(np.asarray(det.boxes, np.float64).reshape(-1, 4), np.asarray(det.scores).reshape(-1)):
             image_box = np.r_[(b[:2] - m[:, 2]) / k, (b[2:] - m[:, 2]) / k]
