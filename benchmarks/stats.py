@@ -27,7 +27,7 @@ ROW_FIELDS = (
 
 NESTED_FIELDS = ("accuracy", "model", "versions", "machine")
 
-STAGES = ("decode_image", "detect", "crop", "encode", "decode", "project", "smooth", "total")
+STAGES = ("decode_image", "detect", "check", "crop", "encode", "decode", "project", "smooth", "total")
 """Stages of the SDK's per-frame timings (:attr:`smirk_edge.Reconstructor.timings`), in order."""
 
 

@@ -26,6 +26,7 @@ _LAZY = {
     "Bundle": "bundle",
     "BundleMetadata": "bundle",
     "OneEuroConfig": "smoothing",
+    "StreamSmoothing": "smoothing",
 }
 _LAZY_MODULES = ("draw", "pipeline")  # ``smirk_edge.draw(frame, faces)``; ``smirk_edge.pipeline.<stage>``
 
@@ -56,6 +57,7 @@ __all__ = [
     "Bundle",
     "BundleMetadata",
     "OneEuroConfig",
+    "StreamSmoothing",
     "draw",
     "pipeline",
     "FaceModel",

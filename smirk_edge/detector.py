@@ -562,6 +562,18 @@ class FaceDetector:
 
     __call__ = detect
 
+    def detect_region(self, image_bgr: np.ndarray) -> Detections:
+        """Faces in a small region around an expected face (a tracker's check): the short-range
+        model alone, once, on the whole letterboxed region; same output as :meth:`detect`."""
+        img = _check_image(image_bgr)
+        variant = "short" if "short" in self._runners else next(iter(self._runners))
+        boxes, scores, kps = self._whole_frame(variant, img)
+        if scores.size == 0:
+            return Detections()
+        nms = weighted_nms if self.nms == "weighted" else hard_nms
+        b, s, k = nms(boxes, scores, kps, self.iou_threshold, self.max_faces)
+        return Detections(b.astype(np.float32), s.astype(np.float32), k.astype(np.float32))
+
 
 def open_detector(bundle: Any, engine: str | None = None, threads: int | None = None, variant: str = "auto",
                   score_threshold: float | None = None, max_faces: int = 64) -> FaceDetector:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .errors import OptionError
-from .smoothing import OneEuroConfig
+from .smoothing import OneEuroConfig, StreamSmoothing
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -67,7 +67,8 @@ class ReconstructorOptions:
         detector: ``"auto"``, ``"short"`` or ``"full"`` (see :mod:`smirk_edge.detector`).
         score_threshold: detector confidence threshold in (0, 1).
         threads: engine threads, 1..256 (None = engine default).
-        smoothing: One-Euro parameters for ``stream()``.
+        smoothing: the temporal filters of ``stream()``: a :class:`~smirk_edge.smoothing.StreamSmoothing`
+            (landmarks, pose and expression filters, identity lock) or one ``OneEuroConfig`` for every signal.
         redetect_every: in ``stream()``, run the detector every N frames even while tracking (>= 1).
         align_roll: a face rolled more than this many degrees in the image gets a crop rotated
             upright; None keeps every crop upright.
@@ -82,7 +83,7 @@ class ReconstructorOptions:
     detector: str = "auto"
     score_threshold: float = 0.5
     threads: int | None = None
-    smoothing: OneEuroConfig = field(default_factory=OneEuroConfig)
+    smoothing: StreamSmoothing | OneEuroConfig = field(default_factory=StreamSmoothing)
     redetect_every: int = 15
     align_roll: float | None = 15.0
 
@@ -104,8 +105,8 @@ class ReconstructorOptions:
             raise OptionError(f"score_threshold must be below 1, got {self.score_threshold}")
         if self.threads is not None:
             set_("threads", _integer("threads", self.threads, 1, MAX_THREADS))
-        if not isinstance(self.smoothing, OneEuroConfig):
-            raise OptionError(f"smoothing must be a OneEuroConfig, got {type(self.smoothing).__name__}")
+        if not isinstance(self.smoothing, (StreamSmoothing, OneEuroConfig)):
+            raise OptionError(f"smoothing must be a StreamSmoothing or a OneEuroConfig, got {type(self.smoothing).__name__}")
         set_("redetect_every", _integer("redetect_every", self.redetect_every, 1, 1_000_000))
         if self.align_roll is not None:
             set_("align_roll", _real("align_roll", self.align_roll, 0.0, 180.0))

@@ -41,7 +41,6 @@ from .errors import InputError, SmirkEdgeError
 from .face_model import FaceGeometry, FaceModel
 from .face_model.model import rodrigues, yaw_degrees
 from .results import PARAM_WIDTHS, Face, Params, crop_roll_degrees, head_pose_degrees
-from .smoothing import OneEuroFilter
 
 __all__ = [
     "CropPolicy", "Crops", "Detected", "Projected", "StageTimer", "Stages",
@@ -257,10 +256,12 @@ def refine(params: Mapping[str, np.ndarray], projected: Projected, crops: Crops)
     return landmark_boxes(projected.landmarks105, params["pose"]), head_poses(params["pose"], matrices)[:, 2]
 
 
-def smooth(filters: Mapping[str, OneEuroFilter], params: dict[str, np.ndarray], index: int,
+def smooth(filters: Mapping[str, Any], params: dict[str, np.ndarray], index: int,
            affine: np.ndarray, stamp: float | None) -> np.ndarray:
     """Stage *smooth*: filter face ``index`` of ``params`` in place (pose, shape, expression, eyelid,
-    jaw) with one track's One-Euro ``filters``; return its filtered model -> image ``affine`` ``(2, 3)``."""
+    jaw) with one track's ``filters`` (objects with ``filter(x, t) -> x``: One-Euro filters, the
+    identity lock for shape, :class:`~smirk_edge.smoothing.AffineFilter`); return its filtered
+    model -> image ``affine`` ``(2, 3)``."""
     for k in ("pose", "shape", "expression", "eyelid", "jaw"):
         params[k][index] = filters[k].filter(params[k][index], stamp)
     return filters["affine"].filter(affine, stamp).astype(np.float64)

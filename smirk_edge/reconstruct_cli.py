@@ -1,15 +1,18 @@
 """``smirk-edge reconstruct INPUT... -o OUT``: images, folders and videos to overlays, meshes and JSON.
 
 Per image ``NAME``: ``NAME.overlay.jpg``, ``NAME.json`` (faces: parameters, landmarks, box, head
-pose) and ``NAME.face<i>.obj`` (or .ply). Per video: ``NAME.overlay.mp4`` and ``NAME.json`` (one
-entry per frame). ``--glb`` adds glTF 2.0 files: ``NAME.face<i>.glb`` per image face and one
-animated ``NAME.track<ID>.glb`` per video track (:mod:`smirk_edge.gltf`). ``summary.json`` lists every input with its result files or its failure, the
-faces and mean per-stage times. An unreadable input, or any error while one input is processed,
-is reported and the run goes on; ``--strict`` turns any failure into exit code 1 (without it, the
-exit code is 1 only when no input could be processed at all).
+pose) and ``NAME.face<i>.obj`` (or .ply). Per video, camera (``0``) or stream URL (``rtsp://...``,
+``http://.../stream.mjpg``): ``NAME.jsonl`` (one line per frame, written as it is made, so a crash
+or Ctrl-C loses at most the current frame), ``NAME.overlay.mp4`` and the summary ``NAME.json`` (see
+:mod:`smirk_edge.video_out`). ``--glb`` adds glTF 2.0 files: ``NAME.face<i>.glb`` per image face and
+one animated ``NAME.track<ID>.glb`` per video track (:mod:`smirk_edge.gltf`). ``summary.json`` lists
+every input with its result files or its failure, the faces and mean per-stage times. An
+unreadable input, or any error while one input is processed, is reported and the run goes on;
+``--strict`` turns any failure into exit code 1 (without it, the exit code is 1 only when no input
+could be processed at all).
 
 Nothing is lost or left half-written: every file is written to a temporary name and renamed when
-complete (a full disk or a signal leaves no truncated JSON), every write is checked, an input's
+complete (a full disk or a signal leaves no truncated JSON), every write is checked, an image's
 ``NAME.json`` is written last and its files are removed again when any of them fails. The output
 folder is checked (creatable, writable, not one of the input folders) before the model is loaded.
 An input named ``summary.*`` gets the stem ``summary-2``. SIGTERM or Ctrl-C stops after the
@@ -32,7 +35,8 @@ RESERVED_STEMS = {"summary"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", help="image files, folders of images, or video files")
+    p.add_argument("inputs", nargs="+", help="image files, folders of images, video files, camera indices (0) "
+                   "or stream URLs (rtsp://, http(s)://)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--bundle", default=None, help="model bundle folder (default: the embedded model)")
     p.add_argument("--backend", default="auto", help="auto, onnxruntime, openvino or tensorrt")
@@ -49,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
     p.add_argument("--strict", action="store_true", help="exit with code 1 when any input fails")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    # video, camera and stream options (smirk_edge.video_out)
+    p.add_argument("--max-frames", type=int, default=None, help="videos and streams: stop after N frames")
+    p.add_argument("--no-overlay", action="store_true", help="videos and streams: no overlay video")
 
 
 def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -74,6 +81,24 @@ def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Pat
         except OSError as exc:
             problems.append((display_path(item), f"cannot be listed ({exc.strerror or exc})"))
     return files, problems
+
+
+def _is_live(spec: str) -> bool:
+    """A camera index or a stream URL (not a file that happens to have such a name)."""
+    from .sources import is_live_spec
+
+    return is_live_spec(spec) and not Path(spec).exists()
+
+
+def _live_stem(spec: str) -> str:
+    """``camera0`` for a camera index; the URL's last path part (or host) for a stream."""
+    if spec.strip().isdigit():
+        return f"camera{spec.strip()}"
+    from urllib.parse import urlsplit
+
+    u = urlsplit(spec)
+    name = Path(u.path).stem or u.hostname or "stream"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "stream"
 
 
 def _unique_stem(path: Path, used: set[str], taken_names: set[str] = frozenset()) -> str:
@@ -134,65 +159,36 @@ def _image(rec, path: Path, out: Path, stem: str, mesh_format: str, written: lis
     return len(faces)
 
 
-def _video(rec, path: Path, out: Path, stem: str, written: list[Path], glb: bool = False) -> int:
-    import cv2
+def _video(rec, path: Path | str, out: Path, stem: str, args: argparse.Namespace, written: list[Path]) -> int:
+    """A video file, camera or stream: :func:`smirk_edge.video_out.reconstruct_video` (per-frame JSON
+    Lines as they are made, overlay, summary). A file's path reaches OpenCV only in a safe form."""
+    import contextlib
 
-    from .draw import draw
-    from .errors import InputError, OutputError
-    from .fileio import atomic_write, display_path, opencv_readable_path, opencv_writable_path
+    from .errors import InputError
+    from .fileio import display_path, opencv_readable_path
+    from .sources import open_source
+    from .video_out import reconstruct_video
 
-    frames_json, n_faces, fps = [], 0, 30.0
-    target = out / f"{stem}.overlay.mp4"
     tracks = None
-    if glb:  # glTF hook: one animated .glb per track (smirk_edge.gltf)
+    if getattr(args, "glb", False):  # glTF hook: one animated .glb per track (smirk_edge.gltf)
         from .gltf import TrackRecorder
 
         tracks = TrackRecorder(rec.face_model)
-    with opencv_readable_path(path) as src, opencv_writable_path(target) as dst:
-        cap = cv2.VideoCapture(src)
-        if not cap.isOpened():
-            raise InputError(f"{display_path(path)}: cannot open video")
-        fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
-        writer = None
-
-        def frames():
-            while True:
-                ok, frame = cap.read()
-                if not ok:
-                    return
-                yield frame
-
-        try:
-            for index, faces in enumerate(rec.stream(_tee(frames(), holder := []))):
-                frame = holder.pop()
-                if writer is None:
-                    h, w = frame.shape[:2]
-                    writer = cv2.VideoWriter(dst, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                    if not writer.isOpened():
-                        raise OutputError(f"{display_path(target)}: OpenCV cannot open a video writer")
-                writer.write(draw(frame, faces))
-                frames_json.append({"frame": index, "faces": [f.to_dict() for f in faces]})
-                n_faces += len(faces)
-                if tracks is not None:
-                    tracks.add(index / fps, faces)
-        finally:
-            cap.release()
-            if writer is not None:
-                writer.release()
-        if not frames_json:
-            raise InputError(f"{display_path(path)}: no frame could be read")
-    written.append(target)
+    opened = opencv_readable_path(path) if isinstance(path, Path) else contextlib.nullcontext(str(path))
+    with opened as spec, open_source(spec, getattr(args, "max_frames", None)) as src:
+        fps = src.fps or 30.0
+        on_frame = (lambda i, faces: tracks.add(i / fps, faces)) if tracks is not None else None
+        summary = reconstruct_video(rec, src, out, stem, overlay=not getattr(args, "no_overlay", False),
+                                    show_progress=not args.quiet, on_frame=on_frame)
+    name = display_path(path) if isinstance(path, Path) else str(path)
+    if not summary["frames"]:
+        raise InputError(f"{name}: no frame could be read")
+    if summary.get("truncated"):
+        print(f"smirk-edge reconstruct: {name}: truncated: {summary.get('frames_read')} of "
+              f"{summary.get('expected_frames')} frames could be read", file=sys.stderr)
     if tracks is not None:
         written.extend(tracks.save(out, stem))
-    written.append(atomic_write(out / f"{stem}.json", json.dumps(
-        {"input": display_path(path), "fps": fps, "frames": frames_json}, allow_nan=False)))
-    return n_faces
-
-
-def _tee(source, holder: list):
-    for frame in source:
-        holder.append(frame)
-        yield frame
+    return summary["faces"]
 
 
 class _Interrupted(BaseException):
@@ -246,8 +242,9 @@ def run(args: argparse.Namespace) -> int:
 
         require("pygltflib")
     out = Path(args.output)
-    _check_output(out, args.inputs, args.recursive)  # before any work: OutputError -> exit code 1
-    files, problems = collect_inputs(args.inputs, args.recursive)
+    _check_output(out, [i for i in args.inputs if not _is_live(i)], args.recursive)  # before any work
+    live = [i for i in args.inputs if _is_live(i)]  # cameras, stream URLs
+    files, problems = collect_inputs([i for i in args.inputs if i not in live], args.recursive)
     failures = [{"input": n, "error": why} for n, why in problems]
     for name, why in problems:
         print(f"smirk-edge reconstruct: {name}: {why}", file=sys.stderr)
@@ -265,26 +262,31 @@ def run(args: argparse.Namespace) -> int:
     try:
         with rec:
             engine = rec.engine
-            for path in progress(files, total=len(files), desc="reconstruct", enabled=not args.quiet):
-                stem = _unique_stem(path, used, taken)
+            items: list[Path | str] = [*files, *live]
+            for path in progress(items, total=len(items), desc="reconstruct", enabled=not args.quiet):
+                stem = _unique_stem(Path(_live_stem(path)) if isinstance(path, str) else path, used, taken)
                 written: list[Path] = []
                 try:
-                    if path.suffix.lower() in VIDEO_SUFFIXES:
-                        k = _video(rec, path, out, stem, written, glb=args.glb)
+                    if isinstance(path, str) or path.suffix.lower() in VIDEO_SUFFIXES:
+                        k = _video(rec, path, out, stem, args, written)
+                        written += [p for p in (out / f"{stem}.jsonl", out / f"{stem}.overlay.mp4",
+                                                out / f"{stem}.json") if p.exists()]
                     else:
                         k = _image(rec, path, out, stem, args.mesh_format, written, glb=args.glb)
                         n_images += 1
                         for key, v in rec.timings.items():
                             stage_sums[key] = stage_sums.get(key, 0.0) + v
                     n_faces += k
-                    results.append({"input": display_path(path), "stem": stem, "faces": k,
+                    results.append({"input": display_path(path) if isinstance(path, Path) else path,
+                                    "stem": stem, "faces": k,
                                     "files": [p.name for p in written]})
                 except BaseException as exc:  # the per-input boundary: clean up; record and go on
-                    _remove(written)
+                    _remove(written)  # a video's JSON Lines are never in it: its frames so far are kept
                     if not isinstance(exc, Exception):
                         raise  # a signal (or SystemExit): stop, the summary is still written
                     text = _failure_text(path, exc)
-                    failures.append({"input": display_path(path), "error": text, "type": type(exc).__name__})
+                    failures.append({"input": display_path(path) if isinstance(path, Path) else path,
+                                     "error": text, "type": type(exc).__name__})
                     print(f"smirk-edge reconstruct: {text}", file=sys.stderr)
                     n_failed_files += 1
                 done += 1
@@ -295,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
         for s, h in old_handlers.items():
             signal.signal(s, h)
     means = {k: round(v / n_images, 3) for k, v in stage_sums.items()} if n_images else {}
-    summary = {"inputs": len(files), "faces": n_faces, "results": results, "failed": failures,
+    summary = {"inputs": len(files) + len(live), "faces": n_faces, "results": results, "failed": failures,
                "mean_ms": means, "engine": engine}
     if interrupted is not None:
         summary["interrupted"] = signal.Signals(interrupted).name
@@ -308,11 +310,11 @@ def run(args: argparse.Namespace) -> int:
               f"{exc}", file=sys.stderr)
         return 1
     stages = ", ".join(f"{k} {v:.1f}" for k, v in means.items() if k != "decode_image")
-    print(f"{len(results)}/{len(files)} inputs done, "
+    print(f"{len(results)}/{len(files) + len(live)} inputs done, "
           f"{n_faces} faces, {len(failures)} failed | mean ms: {stages} | {engine}")
     if interrupted is not None:
         print(f"smirk-edge reconstruct: interrupted by {signal.Signals(interrupted).name}; "
-              f"{len(files) - done} inputs not run (listed in summary.json)", file=sys.stderr)
+              f"{len(files) + len(live) - done} inputs not run (listed in summary.json)", file=sys.stderr)
         return 128 + interrupted
     nothing_done = bool(failures) and not results
     return 1 if (failures and (args.strict or nothing_done)) else 0

@@ -230,9 +230,14 @@ class Reconstructor:
                on_error: str = "report") -> "Stream":
         """Video: track faces from the previous frame's landmarks and smooth their parameters.
 
-        The detector runs on the first frame, when no face is tracked, and every ``redetect_every``
-        frames (new faces are picked up, lost ones dropped). Parameters (expression, jaw, eyelids,
-        pose, shape) and the model-to-image transform are filtered with One-Euro filters.
+        The detector runs on the first frame, when no face is tracked, every ``redetect_every``
+        frames (new faces are picked up, lost ones dropped), and when a track fails its check:
+        every other frame checks each track with the detector on the track's region (a face that
+        leaves ends its track; a frame-size change restarts tracking). Expression, jaw, eyelids,
+        pose and the model-to-image transform are filtered (``smoothing``, a
+        :class:`~smirk_edge.smoothing.StreamSmoothing`); shape is locked per track. Any iterable
+        of frames works; :func:`smirk_edge.sources.open_source` reads files, cameras and stream
+        URLs (docs/video.md).
         ``timestamps``: seconds per frame (real numbers), or None for the nominal frame rate.
 
         ``on_error="report"``: a frame that cannot be processed yields an empty result whose

@@ -93,7 +93,7 @@ class Face:
         landmarks68: ``(68, 2)`` image pixels (iBUG 68-point order).
         landmarks105: ``(105, 2)`` image pixels (MediaPipe indices, see ``FaceModel.mp_landmark_indices``).
         box: ``(4,)`` x0, y0, x1, y1 image pixels of the detection (or of the tracked landmarks).
-        score: detector confidence in [0, 1] (1.0 for a tracked face).
+        score: detector confidence in [0, 1] (for a tracked face: the score of its latest check).
         head_pose: ``(3,)`` yaw, pitch, roll in degrees (:func:`head_pose_degrees`).
         crop_matrix: ``(2, 3)`` image -> 224 crop affine used for the final encoding.
         track_id: stable id across frames in ``stream()``; -1 for single images.

@@ -1,11 +1,22 @@
-"""Stage *track*: faces followed across video frames on the pipeline's stages.
+"""Stage *track*: faces followed across video frames on the pipeline's stages, checked every frame.
 
-:class:`Tracker` keeps per-stream state: the tracks, each with the landmark box of its next crop
-and One-Euro filters for its parameters and its model -> image transform. One :meth:`Tracker.step`:
-detect (on the first frame, when nothing is tracked, and every ``redetect_every`` frames;
-detections are matched to tracks by IoU), crop each track from its box, encode, smooth
-(:func:`smirk_edge.pipeline.smooth`), decode, project, and move each track's box to the box of
-its predicted landmarks (a track whose box degenerates or leaves the frame is dropped).
+:class:`Tracker` keeps per-stream state: the tracks, each with the landmark box of its next crop,
+its filters (:class:`~smirk_edge.smoothing.StreamSmoothing`) and its identity lock. One
+:meth:`Tracker.step`:
+
+1. a frame of another size than the last ends every track (tracking restarts on this frame);
+2. the full detector runs on the first frame, when nothing is tracked, every ``redetect_every``
+   frames, and whenever a track fails its check; detections are matched to tracks by IoU;
+3. otherwise each track is *checked*: the detector runs on the region around the track (a small
+   image, far cheaper than the whole frame). A track whose region holds no face is ended (its
+   face has left or is hidden) and the frame is re-detected (``detector.detect_region`` when the
+   detector has it: BlazeFace's short-range model alone on the 128 px region); the detection's score is the track's
+   confidence (:attr:`Face.score <smirk_edge.results.Face.score>`);
+4. each track is cropped from its box: the box of its last predicted landmarks pulled toward the
+   box the check found (the landmark -> box loop alone has a fixed point smaller than the face,
+   so without the detector's anchor the box shrinks frame after frame; see docs/video.md);
+5. encode, smooth (:func:`smirk_edge.pipeline.smooth`), decode, project, and move each track's
+   box to the box of its predicted landmarks.
 """
 
 from __future__ import annotations
@@ -13,25 +24,46 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Any, ContextManager
 
+import cv2
 import numpy as np
 
+from .crop import DETECTOR_TO_LANDMARK_BOX
 from .image import as_bgr_uint8
 from .pipeline import CropPolicy, StageTimer, Stages, image_affines, landmark_boxes, smooth
 from .results import FrameResult
-from .smoothing import OneEuroConfig, OneEuroFilter
+from .smoothing import AffineFilter, IdentityLock, OneEuroConfig, OneEuroFilter, StreamSmoothing
 
 __all__ = ["Track", "Tracker", "box_iou"]
 
 SMOOTHED = ("pose", "shape", "expression", "eyelid", "jaw", "affine")
+CHECK_REGION = 2.2
+"""Side of the region a track's check runs the detector on, in track-box sides."""
+CHECK_SIZE = 128
+"""The region is resampled to at most this many pixels a side before detection."""
+MIN_IOU = 0.3
+"""A detection belongs to a track when their landmark boxes overlap by at least this IoU."""
+ANCHOR_WEIGHT = 0.5
+"""Weight of the checked detection's box in the next crop box (the rest: the landmark box)."""
+AGREE_IOU = 0.5
+"""Below this IoU between the landmark box and the checked detection, the detection's box is used alone."""
 
 
 class Track:
-    """One followed face: stable ``id``, the landmark ``box`` of its next crop, its filters."""
+    """One followed face: stable ``id``, the landmark ``box`` of its next crop, its filters.
 
-    def __init__(self, track_id: int, box: np.ndarray, config: OneEuroConfig):
+    ``score``: the latest detector score of the face (full detection or the track's check).
+    """
+
+    def __init__(self, track_id: int, box: np.ndarray, smoothing: StreamSmoothing | OneEuroConfig, score: float = 1.0):
+        s = StreamSmoothing.of(smoothing)
         self.id = track_id
-        self.box = box  # 478-landmark-equivalent box for the next crop
-        self.filters = {k: OneEuroFilter(config) for k in SMOOTHED}
+        self.box = np.asarray(box, np.float64)  # 478-landmark-equivalent box for the next crop
+        self.score = float(score)
+        self.age = 0
+        self.filters: dict[str, Any] = {
+            "pose": OneEuroFilter(s.pose), "expression": OneEuroFilter(s.expression),
+            "eyelid": OneEuroFilter(s.expression), "jaw": OneEuroFilter(s.expression),
+            "shape": IdentityLock(s.identity_frames), "affine": AffineFilter(s.landmarks)}
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -43,43 +75,80 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def fuse_boxes(landmark_box: np.ndarray, detected_box: np.ndarray, weight: float = ANCHOR_WEIGHT) -> np.ndarray:
+    """The next crop box: ``landmark_box`` pulled toward ``detected_box`` (centre and side, by
+    ``weight``); the detected box alone when the two disagree (IoU below :data:`AGREE_IOU`)."""
+    if box_iou(landmark_box, detected_box) < AGREE_IOU:
+        return np.asarray(detected_box, np.float64)
+    return (1.0 - weight) * np.asarray(landmark_box, np.float64) + weight * np.asarray(detected_box, np.float64)
+
+
 class Tracker:
     """Per-stream state of :meth:`Reconstructor.stream <smirk_edge.Reconstructor.stream>`.
 
     Args:
         stages: the bound pipeline stages (``Reconstructor.stages``).
-        smoothing: One-Euro parameters of every track.
-        redetect_every: run the detector every N frames even while tracking.
+        smoothing: the filters of every track (a :class:`StreamSmoothing`, or one
+            :class:`OneEuroConfig` for every signal).
+        redetect_every: run the full detector every N frames even while every track passes its check.
         max_faces: at most this many tracks.
         lock: held during each step (the Reconstructor's, so a stream and direct calls on one
             Reconstructor never run its engines at the same time); None for no lock.
 
+    Attributes:
+        counts: ``detections`` (full-frame detector runs), ``checks`` (per-track region checks),
+            ``lost`` (tracks ended by a failed check), ``restarts`` (frame-size changes).
+
     Tracks are cropped upright with the stages' crop scale.
     """
 
-    def __init__(self, stages: Stages, smoothing: OneEuroConfig = OneEuroConfig(), redetect_every: int = 15,
-                 max_faces: int = 8, lock: ContextManager[Any] | None = None):
+    def __init__(self, stages: Stages, smoothing: StreamSmoothing | OneEuroConfig = StreamSmoothing(),
+                 redetect_every: int = 15, max_faces: int = 8, lock: ContextManager[Any] | None = None):
         self.stages = stages
-        self.smoothing = smoothing
+        self.smoothing = StreamSmoothing.of(smoothing)
         self.redetect_every = int(redetect_every)
         self.max_faces = int(max_faces)
         self.lock = lock
         self.policy = CropPolicy(stages.policy.scale, stages.policy.size, align_roll=None)
         self.tracks: list[Track] = []
         self.next_id = 0
+        self.frame_shape: tuple[int, int] | None = None
+        self.since_detect = 0
+        self.counts = {"detections": 0, "checks": 0, "lost": 0, "restarts": 0}
 
     def step(self, frame: np.ndarray, index: int, stamp: float | None = None) -> FrameResult:
         """Faces of frame ``index`` (timestamp ``stamp`` seconds, or None for the nominal frame rate)."""
         with self.lock if self.lock is not None else nullcontext():
             return self._step(frame, index, stamp)
 
+    def reset(self) -> None:
+        """End every track (the next frame is detected afresh)."""
+        self.tracks = []
+
+    def _detect(self, img: np.ndarray, timer: StageTimer) -> None:
+        det = self.stages.detect(img, timer)
+        self.counts["detections"] += 1
+        self.since_detect = 0
+        self.match(det.boxes, det.scores)
+
     def _step(self, frame: np.ndarray, index: int, stamp: float | None) -> FrameResult:
         timer = StageTimer()
         stages = self.stages
         img = as_bgr_uint8(frame)
         h, w = img.shape[:2]
-        if not self.tracks or index % self.redetect_every == 0:
-            self.match(stages.detect(img, timer).boxes)
+        if self.frame_shape != (h, w):
+            if self.tracks:
+                self.counts["restarts"] += 1
+            self.tracks = []
+            self.frame_shape = (h, w)
+        if not self.tracks or self.since_detect + 1 >= self.redetect_every:
+            self._detect(img, timer)
+        else:
+            self.since_detect += 1
+            with timer("check"):
+                lost = self.check(img)
+            if lost:
+                self._detect(img, timer)
         if not self.tracks:
             return FrameResult([], timer.finish(), frame_index=index)
         crops, params = stages.encode_crops(img, np.array([tr.box for tr in self.tracks]), None, timer, self.policy)
@@ -87,15 +156,16 @@ class Tracker:
             raw = image_affines(params["cam"], [t.matrix for t in crops.transforms], self.policy.size)
             affines = np.array([smooth(tr.filters, params, i, a, stamp) for i, (tr, a) in enumerate(zip(self.tracks, raw))])
         boxes = np.array([tr.box for tr in self.tracks])
-        faces = stages.faces(params, crops, boxes, np.ones(len(self.tracks)), timer, affines,
+        faces = stages.faces(params, crops, boxes, np.array([tr.score for tr in self.tracks]), timer, affines,
                              [tr.id for tr in self.tracks])
         new_boxes = landmark_boxes(np.array([f.landmarks105 for f in faces]), np.array([f.params.pose for f in faces]))
         keep = []
         for tr, f, new_box in zip(self.tracks, faces, new_boxes):
             side = min(new_box[2] - new_box[0], new_box[3] - new_box[1])
             cx, cy = (new_box[0] + new_box[2]) / 2, (new_box[1] + new_box[3]) / 2
-            if side >= 8 and -0.25 * w <= cx <= 1.25 * w and -0.25 * h <= cy <= 1.25 * h:
+            if side >= 8 and np.all(np.isfinite(new_box)) and -0.25 * w <= cx <= 1.25 * w and -0.25 * h <= cy <= 1.25 * h:
                 tr.box = new_box
+                tr.age += 1
                 f.box = new_box.astype(np.float32)
                 keep.append((tr, f))
         self.tracks = [tr for tr, _ in keep]
@@ -105,22 +175,72 @@ class Tracker:
             f.timings = dict(timings)
         return FrameResult(faces, timings, frame_index=index)
 
-    def match(self, boxes: np.ndarray) -> None:
-        """Greedy IoU matching of detections to tracks; unmatched tracks are dropped, new faces added."""
-        matched: list[Track] = []
-        free = list(self.tracks)
-        for b in boxes:
-            best, best_iou = None, 0.3
-            for tr in free:
-                v = box_iou(tr.box, b)
-                if v > best_iou:
-                    best, best_iou = tr, v
-            if best is not None:
-                free.remove(best)
-                best.box = b
-                matched.append(best)
-            else:
-                matched.append(Track(self.next_id, b, self.smoothing))
-                self.next_id += 1
-        self.tracks = matched[: self.max_faces]
+    def check(self, img: np.ndarray) -> bool:
+        """Run the detector on each track's region; move each box toward what it finds, end the
+        tracks whose region holds no face. True when a track was ended."""
+        taken: list[np.ndarray] = []
+        kept = []
+        for tr in self.tracks:
+            self.counts["checks"] += 1
+            found = self._check_one(img, tr.box, taken)
+            if found is None:
+                self.counts["lost"] += 1
+                continue
+            box, score = found
+            taken.append(box)
+            tr.box = fuse_boxes(tr.box, box)
+            tr.score = score
+            kept.append(tr)
+        lost = len(kept) < len(self.tracks)
+        self.tracks = kept
+        return lost
 
+    def _check_one(self, img: np.ndarray, box: np.ndarray, taken: list[np.ndarray]) -> tuple[np.ndarray, float] | None:
+        h, w = img.shape[:2]
+        cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+        side = CHECK_REGION * max(box[2] - box[0], box[3] - box[1])
+        if not (np.isfinite(side) and side >= 4):
+            return None
+        out = int(min(CHECK_SIZE, max(32, round(side))))
+        k = out / side
+        m = np.array([[k, 0.0, out / 2.0 - k * cx], [0.0, k, out / 2.0 - k * cy]])
+        region = cv2.warpAffine(img, m, (out, out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        detector = self.stages.detector
+        det = getattr(detector, "detect_region", detector.detect)(region)
+        best, best_iou = None, MIN_IOU
+        for b, s in zip(np.asarray(det.boxes, np.float64).reshape(-1, 4), np.asarray(det.scores).reshape(-1)):
+            image_box = np.r_[(b[:2] - m[:, 2]) / k, (b[2:] - m[:, 2]) / k]
+            lm_box = DETECTOR_TO_LANDMARK_BOX.apply(image_box)
+            if any(box_iou(lm_box, t) > 0.5 for t in taken):
+                continue  # another track's face
+            v = box_iou(lm_box, box)
+            if v > best_iou:
+                best, best_iou = (lm_box, float(s)), v
+        return best
+
+    def match(self, boxes: np.ndarray, scores: np.ndarray | None = None) -> None:
+        """Greedy IoU matching of detections to tracks (best pairs first); unmatched tracks are
+        dropped, new faces added."""
+        scores = np.ones(len(boxes)) if scores is None else np.asarray(scores, np.float64)
+        pairs = sorted(((box_iou(tr.box, b), ti, bi) for ti, tr in enumerate(self.tracks)
+                        for bi, b in enumerate(boxes)), reverse=True)
+        track_of: dict[int, Track] = {}
+        used: set[int] = set()
+        for v, ti, bi in pairs:
+            if v <= MIN_IOU:
+                break
+            if ti in used or bi in track_of:
+                continue
+            used.add(ti)
+            track_of[bi] = self.tracks[ti]
+        matched: list[Track] = []
+        for bi, b in enumerate(boxes):
+            tr = track_of.get(bi)
+            if tr is None:
+                tr = Track(self.next_id, b, self.smoothing, float(scores[bi]))
+                self.next_id += 1
+            else:
+                tr.box = fuse_boxes(tr.box, np.asarray(b, np.float64))
+                tr.score = float(scores[bi])
+            matched.append(tr)
+        self.tracks = matched[: self.max_faces]

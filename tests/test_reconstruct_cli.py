@@ -63,7 +63,9 @@ def test_video(bundle, shared_data, tmp_path):
     assert main(["reconstruct", str(video), "-o", str(out), "--bundle", str(bundle), "--backend", "onnxruntime",
                  "--quiet"]) == 0
     doc = json.loads((out / "clip.json").read_text())
-    assert len(doc["frames"]) == 6
+    assert doc["frames"] == 6 and not doc["truncated"]
+    lines = [json.loads(x) for x in (out / "clip.jsonl").read_text().splitlines()]
+    assert [x["frame"] for x in lines] == list(range(6))
     cap = cv2.VideoCapture(str(out / "clip.overlay.mp4"))
     assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
 

@@ -41,3 +41,42 @@ def test_timestamps_and_reset():
 def test_config_validation(bad):
     with pytest.raises(ValueError):
         OneEuroConfig(**bad)
+
+
+def test_identity_lock_is_a_running_mean_that_settles():
+    from smirk_edge.smoothing import IdentityLock
+
+    lock = IdentityLock(frames=50)
+    rng = np.random.default_rng(0)
+    true = rng.normal(0, 1, 300)
+    outs = [lock.filter(true + rng.normal(0, 0.5, 300)) for _ in range(200)]
+    assert np.abs(outs[-1] - true).mean() < 0.1  # refined as the track goes on
+    steps = [np.abs(b - a).mean() for a, b in zip(outs[100:], outs[101:])]
+    assert max(steps) < 0.05  # no frame-to-frame jumps once settled
+
+
+def test_affine_filter_keeps_a_still_transform_and_follows_a_move():
+    from smirk_edge.smoothing import AffineFilter
+
+    a = np.array([[1500.0, 30.0, 240.0], [-25.0, -1490.0, 260.0]])
+    f = AffineFilter(OneEuroConfig(min_cutoff=1.0, beta=4.0))
+    for _ in range(5):
+        out = f.filter(a)
+    np.testing.assert_allclose(out, a, atol=1e-2)
+    moved = a.copy()
+    moved[:, 2] += 80.0  # the face jumps 80 px
+    for _ in range(30):
+        out = f.filter(moved)
+    np.testing.assert_allclose(out, moved, atol=0.5)
+
+
+def test_stream_smoothing_validation_and_one_config_for_all():
+    from smirk_edge.smoothing import StreamSmoothing
+
+    one = OneEuroConfig(min_cutoff=2.0)
+    s = StreamSmoothing.of(one)
+    assert s.landmarks == s.pose == s.expression == one
+    with pytest.raises(ValueError):
+        StreamSmoothing(identity_frames=0)
+    with pytest.raises(ValueError):
+        StreamSmoothing(pose={"beta": 1})
