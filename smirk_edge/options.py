@@ -17,7 +17,7 @@ from .smoothing import OneEuroConfig
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-DETECTORS = ("auto", "short", "full")
+DETECTORS = ("auto", "short", "full", "both")
 ON_ERROR = ("report", "raise")
 MAX_THREADS = 256
 """Upper bound of ``threads``: engines allocate a pool per thread, so 1000 stalls for minutes and
@@ -64,7 +64,8 @@ class ReconstructorOptions:
         refine: re-crop from the predicted landmarks and encode again (the crop SMIRK was trained on).
         max_faces: at most this many faces per image (largest first), 1..256.
         crop_scale: SMIRK crop scale in [0.5, 4]; None takes the bundle's ``crop_policy.scale``.
-        detector: ``"auto"``, ``"short"`` or ``"full"`` (see :mod:`smirk_edge.detector`).
+        detector: ``"auto"`` (short range; full range only when it finds no large face), ``"short"``,
+            ``"full"`` or ``"both"`` (both models on every frame; see :mod:`smirk_edge.detector`).
         score_threshold: detector confidence threshold in (0, 1).
         threads: engine threads, 1..256 (None = engine default).
         smoothing: One-Euro parameters for ``stream()``.
