@@ -68,7 +68,7 @@ class Reconstructor:
         bundle: a bundle folder (``smirk-edge export``), a :class:`Bundle`, or None for the embedded
             default model.
         options: a :class:`~smirk_edge.options.ReconstructorOptions`; keyword arguments (the same
-            names: ``backend``, ``precision``, ``device``, ``refine``, ``max_faces``, ``crop_scale``,
+            names: ``backend``, ``precision``, ``device``, ``refine``, ``refine_threshold``, ``max_faces``, ``crop_scale``,
             ``detector``, ``score_threshold``, ``threads``, ``smoothing``, ``redetect_every``,
             ``align_roll``) replace single fields of it. Every bad option raises
             :class:`~smirk_edge.errors.OptionError` here, before any engine starts.
@@ -159,7 +159,7 @@ class Reconstructor:
         return self.stages.policy.scale
 
     @property
-    def refine(self) -> bool:
+    def refine(self) -> bool | str:
         return self.options.refine
 
     @property
@@ -222,7 +222,8 @@ class Reconstructor:
             with timer("decode_image"):
                 img = load_image(image) if isinstance(image, (str, os.PathLike)) else as_bgr_uint8(image)
             det = self.stages.detect(img, timer)
-            faces = self.stages.reconstruct(img, det.boxes, det.scores, det.rolls, self.options.refine, timer)
+            faces = self.stages.reconstruct(img, det.boxes, det.scores, det.rolls, self.options.refine, timer,
+                                            self.options.refine_threshold)
             return self._result(faces, timer)
 
     def batch(self, images: Iterable[np.ndarray | str | os.PathLike]) -> list[FrameResult]:
