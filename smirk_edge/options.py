@@ -19,7 +19,7 @@ BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DETECTORS = ("auto", "short", "full", "both")
 REFINE = (True, False, "auto")
-DEFAULT_REFINE_THRESHOLD = 0.25
+DEFAULT_REFINE_THRESHOLD = 0.3
 """``refine="auto"`` encodes a face again when its predicted landmark box and the first crop's box
 disagree by more than this (1 - IoU); chosen on 300-W AFW (docs/benchmarks.md, refine table)."""
 ON_ERROR = ("report", "raise")
