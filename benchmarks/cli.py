@@ -30,12 +30,12 @@ def _words(choices):
     return parse
 
 
-def _onoff(text: str) -> list[bool]:
-    table = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
+def _onoff(text: str) -> list:
+    table = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False, "auto": "auto"}
     try:
         return [table[t.strip().lower()] for t in text.split(",") if t.strip()]
     except KeyError:
-        raise argparse.ArgumentTypeError(f"expected on,off, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected auto, on, off (comma-separated), got {text!r}") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,7 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--native", action="store_true", help="use image files as they are (not pasted on 720p)")
     p.add_argument("--mode", type=_words(["image", "video"]), default=["image", "video"],
                    help="image (detector every frame), video (tracking + smoothing); default both")
-    p.add_argument("--refine", type=_onoff, default=[True], help="refine pass: on, off or on,off (default on)")
+    p.add_argument("--refine", type=_onoff, default=["auto"],
+                   help="refine pass: auto (the SDK default: only where the boxes disagree), on (always), off, "
+                        "or a comma-separated list (default auto)")
     p.add_argument("--runs", type=int, default=100, help="timed runs per configuration (default 100)")
     p.add_argument("--warmup", type=int, default=10, help="warm-up runs (default 10)")
     p.add_argument("--decode-image", action="store_true", help="pass JPEG files so image decoding is timed too")

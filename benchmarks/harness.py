@@ -53,7 +53,7 @@ class BenchOptions:
     face_photo: str | None = None
     native: bool = False                      # image files as they are, not pasted on 720p
     modes: list[str] = field(default_factory=lambda: ["image", "video"])
-    refine: list[bool] = field(default_factory=lambda: [True])
+    refine: list[bool | str] = field(default_factory=lambda: ["auto"])  # True, False, "auto" (the default)
     runs: int = 100
     warmup: int = 10
     decode_image: bool = False
@@ -255,7 +255,8 @@ def run_bench(opts: BenchOptions) -> tuple[list[dict], dict[str, Path]]:
         for th in opts.threads:
             for mode in opts.modes:
                 for refine in opts.refine:
-                    cid = f"pipeline/{engine}/{precision}/t{th}/{mode}" + ("" if refine else "/norefine")
+                    cid = f"pipeline/{engine}/{precision}/t{th}/{mode}" + {True: "/refine", False: "/norefine"}.get(
+                        refine, "")
                     configs.append({**common, "kind": "pipeline", "id": cid, "engine": engine, "precision": precision,
                                     "threads": th, "mode": mode, "refine": refine, "inputs": str(inputs[mode][1]),
                                     "decode_image": opts.decode_image and mode == "image"})

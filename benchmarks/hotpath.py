@@ -85,8 +85,9 @@ def run(bundle_path: str, runs: int = 200, threads: int = 1) -> list[dict]:
     frame, box = inp.frames[0], inp.boxes[0]
     det_runners = {v: registry.make_runner("onnxruntime", model_path(v), threads=threads).activate()
                    for v in ("short", "full")}
-    for variant in ("auto", "short", "full"):
-        det = FaceDetector(det_runners if variant == "auto" else {variant: det_runners[variant]}, variant=variant)
+    for variant in ("auto", "both", "short", "full"):
+        det = FaceDetector(det_runners if variant in ("auto", "both") else {variant: det_runners[variant]},
+                           variant=variant)
         n = len(det.detect(frame))
         add("detect", variant, _time(lambda det=det: det.detect(frame), runs), f"{n} face(s) found")
     for v in ("short", "full"):

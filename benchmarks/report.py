@@ -129,6 +129,8 @@ def _label(r: dict) -> str:
         parts.append(str(r.get("mode")))
         if r.get("refine") is False:
             parts.append("no refine")
+        elif r.get("refine") is True:
+            parts.append("refine always")
     return " ".join(parts)
 
 
@@ -204,6 +206,10 @@ def summary_line(rows: Sequence[dict]) -> str:
     errors = [r for r in rows if not _ok(r)]
     tail = f"; {len(errors)} failed configuration(s)" if errors else ""
     where = f"p50, {h['threads']} threads" if h["threads"] else "p50"
+    cpu = next((r["machine"].get("cpu") for r in rows if isinstance(r.get("machine"), dict)
+                and r["machine"].get("cpu") and r.get("suite") in ("pipeline", "encoder", "reference")), None)
+    if cpu:
+        where += f", CPU {cpu.get('class', '?')}: {' '.join(cpu.get('flags', [])) or '-'}"
     return (f"smirk-edge bench ({where}): " + " | ".join(parts or ["no timings"])
             + f" [{len(rows)} rows{tail}]")
 
@@ -238,7 +244,8 @@ def _machine_section(rows) -> str:
             versions = {**versions, "mediapipe (side process)": mp.get("mediapipe")}
         vers = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
         lines += [f"- **CPU**: {cpu.get('model')} ({cpu.get('usable_cores')}/{cpu.get('logical_cores')} cores usable, "
-                  f"{cpu.get('arch')}; flags: {' '.join(cpu.get('flags', [])) or '-'})",
+                  f"{cpu.get('arch')}; CPU class {cpu.get('class', 'not recorded')}; "
+                  f"flags: {' '.join(cpu.get('flags', [])) or '-'})",
                   f"  **GPU**: {gpus}",
                   f"  **Python** {m.get('python')} on {m.get('platform')}; smirk-edge {m.get('smirk_edge')}",
                   f"  **Packages**: {vers or '-'}",

@@ -43,7 +43,7 @@ def run_pipeline(cfg: dict) -> list[dict]:
     base = base_row(cfg)
     t0 = time.perf_counter()
     rec = Reconstructor(cfg["bundle"], backend=cfg["engine"], precision=cfg["precision"], threads=cfg.get("threads") or None,
-                        refine=bool(cfg.get("refine", True)))
+                        refine=cfg.get("refine", "auto"))
     open_ms = (time.perf_counter() - t0) * 1e3
     fallback = PlacementFallback(rec.detector)
     rec.detector = fallback

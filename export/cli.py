@@ -64,6 +64,12 @@ def export_parser() -> argparse.ArgumentParser:
                         "for bundles you publish when the calibration photos may not travel")
     p.add_argument("--card-notes", default=None, metavar="MD",
                    help="Markdown placed at the top of the bundle's MODEL_CARD.md (data, terms, evaluation)")
+    p.add_argument("--int8-cpu-class", default=None,
+                   choices=["amx", "avx512-vnni", "avx-vnni", "avx512", "avx2", "generic"],
+                   help="CPU class the ONNX Runtime int8 artifact is for (default: this machine's, "
+                        "smirk_edge.cpu.cpu_class). Classes without VNNI get 7-bit weights (reduce_range). "
+                        "The gate runs here, so it must be this machine's class; the manifest records it "
+                        "(attrs.cpu_classes) and the SDK skips the artifact on other classes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -89,7 +95,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
                              min_gate_count=min(200, args.gate_count), calib_count=args.calib_count,
                              golden_count=args.golden_count, report_dir=args.report_dir,
                              card_notes=args.card_notes, keep=args.keep, golden_from=args.golden_from,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, int8_cpu_class=args.int8_cpu_class)
         try:
             report = export_bundle(opts)
         except GateError as exc:
@@ -121,7 +127,9 @@ def selftest_main(argv: Sequence[str] | None = None) -> int:
     """``smirk-edge selftest``; exit code 0 only when every tested artifact passes."""
     def body(argv):
         args = selftest_parser().parse_args(argv)
-        from .golden import selftest, selftest_table
+        from smirk_edge.cpu import describe_flags
+
+        from .golden import selftest, selftest_table, selftest_verdict
 
         if args.bundle == "default" and not Path(args.bundle).exists():  # the embedded default bundle
             from smirk_edge.reconstructor import default_bundle_path
@@ -135,9 +143,15 @@ def selftest_main(argv: Sequence[str] | None = None) -> int:
 
             print(json.dumps([r.to_json() for r in rows], indent=2))
         else:
+            print(f"CPU class: {describe_flags()}")
             print(selftest_table(rows))
-        ok = bool(rows) and all(r.passed for r in rows)
-        print(f"\nselftest: {'PASS' if ok else 'FAIL'} ({sum(r.passed for r in rows)}/{len(rows)} artifacts)")
+        ok = selftest_verdict(rows)
+        applying = [r for r in rows if r.applies]
+        line = f"\nselftest: {'PASS' if ok else 'FAIL'} ({sum(r.passed for r in applying)}/{len(applying)} artifacts"
+        others = [r.name for r in rows if not r.applies]
+        if others:
+            line += f" valid on this CPU; not for this CPU class, not counted: {', '.join(others)}"
+        print(line + ")")
         return 0 if ok else 1
     return _run(body, argv)
 

@@ -107,6 +107,8 @@ class GateResult:
     failures: list[str] = field(default_factory=list)
     count: int = 0
     degraded: bool = False
+    applies: bool = True  # False: an int8 artifact not gated for this machine's CPU class (selftest)
+    note: str = ""
 
     @property
     def passed(self) -> bool:
@@ -116,7 +118,8 @@ class GateResult:
         return {"name": self.name, "precision": self.precision, "engine": self.engine, "crops": self.count,
                 "metrics": {k: float(v) for k, v in self.metrics.items()},
                 "thresholds": self.thresholds.to_json(), "passed": self.passed, "failures": self.failures,
-                **({"degraded": True} if self.degraded else {})}
+                **({"degraded": True} if self.degraded else {}),
+                **({"applies": False, "note": self.note} if not self.applies else {})}
 
 
 def _single_thread_blas() -> Any:
@@ -333,6 +336,8 @@ def format_table(results: Sequence[GateResult]) -> str:
     for r in results:
         m = r.metrics
         verdict = "pass" if r.passed else ("DEGRADED: " if r.degraded else "FAIL: ") + "; ".join(r.failures)
+        if not r.applies:
+            verdict = f"not for this CPU ({r.note}; not counted), measured: {verdict}"
         lines.append(f"| {r.name} | {r.engine} | {r.precision or '-'} | {r.count} | {_fmt(m.get('lmk_mean_px'))} | "
                      f"{_fmt(m.get('lmk_p99_px'))} | {_fmt(m.get('vertex_mean_mm'))} | "
                      f"{_fmt(m.get('expression_mae'))} | {_fmt(m.get('param_max_rel'))} | {verdict} |")

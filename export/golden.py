@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from smirk_edge.bundle import Bundle
+from smirk_edge.cpu import cpu_class, int8_applies, int8_valid_classes
 from smirk_edge.crop import CROP_SIZE, to_tensor
 from smirk_edge.errors import BundleError, InputError
 from smirk_edge.face_model import FaceModel
@@ -112,8 +113,8 @@ def _candidates(bundle: Bundle, engine: str, precision: str | None, artifact: st
 
 def selftest(bundle: Bundle | str | os.PathLike, backend: str = "auto", precision: str | None = None,
              device: str | None = None, artifact: str | None = None, out_dir: str | os.PathLike | None = None,
-             thresholds: Mapping[str, Thresholds] | None = None, runner_options: Mapping[str, Any] | None = None
-             ) -> list[GateResult]:
+             thresholds: Mapping[str, Thresholds] | None = None, runner_options: Mapping[str, Any] | None = None,
+             cpu: str | None = None) -> list[GateResult]:
     """Run the bundle's golden crops through its artifacts on one engine and gate the results.
 
     Args:
@@ -128,8 +129,11 @@ def selftest(bundle: Bundle | str | os.PathLike, backend: str = "auto", precisio
         thresholds: per-precision bounds (default: the bundle's ``gate_thresholds``, else the
             gate defaults).
         runner_options: extra options for :func:`smirk_edge.runtimes.make_runner` (e.g. threads).
+        cpu: the CPU class to judge int8 validity by (default: this machine's,
+            :func:`smirk_edge.cpu.cpu_class`). An int8 artifact not gated for it is still run, and
+            its row says ``applies=False`` (the Reconstructor skips it on this CPU).
     Returns:
-        one row per artifact; ``all(r.passed for r in rows)`` is the verdict.
+        one row per artifact; :func:`selftest_verdict` is the verdict (rows that apply here).
     Raises:
         BundleError: no golden file or face model in the bundle; RunnerError: no usable artifact.
     """
@@ -156,14 +160,25 @@ def selftest(bundle: Bundle | str | os.PathLike, backend: str = "auto", precisio
     cmp = Comparator(golden.inputs(), face_model, out_dir, batch=len(golden.crops))
     cmp.set_reference(golden.meta.get("reference", "golden"), golden.outputs)
     opts = {**ENGINES[engine].runner_options(None, device), **(runner_options or {})}
+    cls = cpu_class() if cpu is None else cpu
     for a in _candidates(bundle, engine, precision, artifact):
         path = bundle.main_path(a)
         runner = make_runner(engine, path, precision=a.precision or "fp32", **opts)
         cmp.batch = max(1, min(len(golden.crops), int(a.attrs.get("max_batch", len(golden.crops)))))
         row = cmp.run(a.name, runner, a.precision, thresholds_for(a.precision, table), engine)
         row.degraded = bool(a.attrs.get("degraded"))
+        if not int8_applies(a.attrs, a.kind, a.precision, cls):
+            row.applies = False
+            row.note = (f"gated for {', '.join(int8_valid_classes(a.attrs, a.kind) or ())}, this CPU is {cls}; "
+                        "the Reconstructor skips it here")
     cmp.save()
     return cmp.results
+
+
+def selftest_verdict(rows: list[GateResult]) -> bool:
+    """True when at least one artifact applies to this CPU and every one that applies passes."""
+    applying = [r for r in rows if r.applies]
+    return bool(applying) and all(r.passed for r in applying)
 
 
 def selftest_table(rows: list[GateResult]) -> str:

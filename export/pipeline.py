@@ -50,6 +50,8 @@ SELECTION_CROPS = 200
 
 FORMATS = ("onnx", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
+GATE_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+"""CPU flags recorded with each gate row (they decide the int8 kernels, smirk_edge.cpu)."""
 MIN_GATE_CROPS = 200
 
 
@@ -108,6 +110,7 @@ class ExportOptions:
     int8_mixed: bool = True
     golden_from: Sequence[str | os.PathLike] | None = None
     progress: bool = True
+    int8_cpu_class: str | None = None
 
     def validate(self) -> None:
         from smirk_edge.runtimes.base import check_choice
@@ -130,6 +133,15 @@ class ExportOptions:
             raise InputError("gate_count and golden_count must be >= 1")
         if self.golden_count > self.gate_count:
             raise InputError(f"golden_count ({self.golden_count}) cannot exceed gate_count ({self.gate_count})")
+        if self.int8_cpu_class is not None:
+            from smirk_edge.cpu import CPU_CLASSES, cpu_class, describe_flags
+
+            check_choice("int8 CPU class", self.int8_cpu_class, list(CPU_CLASSES))
+            if self.int8_cpu_class != cpu_class():
+                raise InputError(
+                    f"--int8-cpu-class {self.int8_cpu_class}: this machine is {describe_flags()}; the int8 "
+                    "accuracy gate must run on the CPU class the artifact ships to: run the export on a "
+                    f"{self.int8_cpu_class} machine (or leave the option out to build for this one)")
 
 
 @dataclass
@@ -236,6 +248,10 @@ def export_bundle(opts: ExportOptions) -> ExportReport:
 
     thresholds = dict(DEFAULT_THRESHOLDS)
     thresholds.update(opts.thresholds or {})
+    from smirk_edge.cpu import cpu_class, cpu_flags, has_vnni
+
+    gate_class = cpu_class()  # the gate runs here: int8 ONNX artifacts are valid on this class
+    int8_class = opts.int8_cpu_class or gate_class
     metadata = model_metadata(
         encoder_variant=variant, checkpoint_sha256=ckpt.sha256, face_model_id=face_model.model_id,
         face_model_vertices=face_model.n_vertices, opset=onnx_export.OPSET, crop_scale=crops.scale,
@@ -290,7 +306,7 @@ def export_bundle(opts: ExportOptions) -> ExportReport:
                     return quantize.quantize_int8(fp32.path, _dst, cal_feeds, flavour="x86",
                                                   exclude_op_types=opts.int8_exclude_op_types, progress=opts.progress,
                                                   calibration_count=len(calib), keep_activations=rung is not None,
-                                                  rung=rung)
+                                                  rung=rung, reduce_range=not has_vnni(int8_class))
 
                 if opts.int8_mixed:
                     r, ladder = mixed_precision.climb(
@@ -361,7 +377,11 @@ def export_bundle(opts: ExportOptions) -> ExportReport:
             row = cmp.run(b.name, runner, b.precision, thresholds.get(b.precision), b.engine)
             b.attrs["accuracy"] = {**{k: round(v, 6) for k, v in row.metrics.items()},
                                    "crops": row.count, "engine": b.engine, "reference": "torch fp32",
-                                   "thresholds": row.thresholds.to_json(), "passed": row.passed}
+                                   "thresholds": row.thresholds.to_json(), "passed": row.passed,
+                                   "cpu_class": gate_class,
+                                   "cpu_flags": sorted(f for f in cpu_flags() if f in GATE_FLAGS)}
+            if b.precision == "int8" and b.kind == "onnx" and b.attrs.get("intended_engine") is None:
+                b.attrs["cpu_classes"] = [gate_class]  # what the gate ran on (smirk_edge.cpu.int8_valid_classes)
             if row.passed or opts.allow_degraded:
                 if not row.passed:
                     row.degraded = True

@@ -107,7 +107,8 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: I
                   flavour: str = "x86", per_channel: bool = True, method: str = "minmax",
                   exclude_nodes: Sequence[str] = (), exclude_op_types: Sequence[str] = (),
                   progress: bool = True, calibration_count: int | None = None,
-                  keep_activations: bool = False, rung: Any = None, compact_float: bool = True) -> QuantResult:
+                  keep_activations: bool = False, rung: Any = None, compact_float: bool = True,
+                  reduce_range: bool = False) -> QuantResult:
     """Static int8 QDQ quantization of an fp32 ONNX model, calibrated on feed dicts.
 
     Args:
@@ -127,6 +128,8 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: I
             stay float (added to ``exclude_nodes``).
         compact_float: with ``rung``: store the float layers' weights in fp16 behind a Cast
             (:func:`store_float_weights_fp16`): the file shrinks, the arithmetic stays fp32.
+        reduce_range: 7-bit weights, for CPUs without VNNI (AVX2, AVX-512 without VNNI), where ONNX
+            Runtime's u8s8 kernels sum u8 x s8 pairs in int16 and saturate with full-range weights.
     """
     quant = require("onnxruntime.quantization")
     shape_inference = require("onnxruntime.quantization.shape_inference")
@@ -164,14 +167,14 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: I
             activation_type=getattr(quant.QuantType, cfg["activation_type"]),
             weight_type=getattr(quant.QuantType, cfg["weight_type"]),
             calibrate_method=methods[method], nodes_to_exclude=list(exclude_nodes),
-            op_types_to_quantize=op_types, extra_options=extra)
+            op_types_to_quantize=op_types, extra_options=extra, reduce_range=reduce_range)
     if rung is not None and compact_float:
         details_compact = store_float_weights_fp16(dst)
     else:
         details_compact = None
     details = {"flavour": flavour, "activations": cfg["activation_type"], "weights": cfg["weight_type"],
                "symmetric_activations": cfg["symmetric_activations"], "per_channel": per_channel,
-               "calibration_method": method, "calibration_crops": calibration_count,
+               "calibration_method": method, "calibration_crops": calibration_count, "reduce_range": reduce_range,
                "excluded_nodes": list(exclude_nodes), "excluded_op_types": list(exclude_op_types)}
     if rung is not None:
         details["mixed_precision"] = rung.to_json()

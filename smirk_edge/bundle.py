@@ -303,6 +303,7 @@ class Bundle:
             raise BundleError(f"{mpath}: artifact names must be unique")
         self._verified: set[str] = set()
         self._onnx_checked: set[str] = set()
+        self.skipped_for_cpu: list[tuple[str, str]] = []  # (artifact, why) of the last runnable_encoders()
 
     def __repr__(self) -> str:
         return f"Bundle({str(self.root)!r}, artifacts={[a.name for a in self.artifacts]})"
@@ -319,20 +320,37 @@ class Bundle:
         have = {(a.kind, a.precision) for a in encs}
         return encs + [a for a in self.find(role="fused") if (a.kind, a.precision) not in have]
 
-    def runnable_encoders(self, precision: str | None = None) -> list[Artifact]:
+    def runnable_encoders(self, precision: str | None = None, cpu_class: str | None = None) -> list[Artifact]:
         """The :meth:`encoders` an SDK may run for ``precision`` (None: any precision).
 
         Artifacts made only for building TensorRT engines (``intended_engine``) are never run
         directly. Artifacts that failed the accuracy gate (``degraded``) are left out unless their
-        precision is asked for explicitly, and then used with a RuntimeWarning.
+        precision is asked for explicitly, and then used with a RuntimeWarning. int8 ONNX artifacts
+        not gated for this machine's CPU class (``cpu_class``, default
+        :func:`smirk_edge.cpu.cpu_class`; see :func:`smirk_edge.cpu.int8_valid_classes`) are left
+        out and listed in :attr:`skipped_for_cpu` with the reason (logged).
         Raises BundleError when nothing is left.
         """
+        import logging
         import warnings
+
+        from .cpu import cpu_class as running_class
+        from .cpu import int8_valid_classes
 
         encoders = self.encoders()
         if not encoders:
             raise BundleError(f"bundle {self.root} has no encoder artifact")
         usable = [a for a in encoders if a.attrs.get("intended_engine") in (None, "any")]
+        cls = running_class() if cpu_class is None else cpu_class
+        self.skipped_for_cpu = []
+        for a in list(usable):
+            valid = int8_valid_classes(a.attrs, a.kind) if a.precision == "int8" else None
+            if valid is not None and cls not in valid:
+                usable.remove(a)
+                why = (f"{a.name} skipped: int8 gated for CPU classes {', '.join(valid)}, this CPU is {cls} "
+                       "(ONNX Runtime's u8s8 kernels saturate without VNNI)")
+                self.skipped_for_cpu.append((a.name, why))
+                logging.getLogger(__name__).info(why)
         if precision is None:
             usable = [a for a in usable if not a.attrs.get("degraded")]
         else:

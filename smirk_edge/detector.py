@@ -96,6 +96,10 @@ __all__ = [
     "weighted_nms",
 ]
 
+VARIANTS = ("auto", "short", "full", "both")
+"""``auto``: short range, then full range only when short range finds no (large) face; ``both``: both
+models on every frame, merged by one NMS; ``short`` / ``full``: one model."""
+
 KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear")
 """Keypoint order of :class:`Detections` (the subject's right / left)."""
 
@@ -187,8 +191,8 @@ class Letterbox:
     size: int
     scale_x: float
     scale_y: float
-    pad_x: int
-    pad_y: int
+    pad_x: float
+    pad_y: float
 
     def to_input(self, points: np.ndarray) -> np.ndarray:
         """Image pixels ``(..., 2)`` -> model-input pixels ``(..., 2)`` (float64)."""
@@ -218,13 +222,8 @@ def _check_image(image: Any) -> np.ndarray:
     return image
 
 
-def letterbox(image_bgr: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """Fit a BGR uint8 image into a ``size x size`` model input, keeping its aspect ratio.
-
-    Returns ``(tensor, box)``: ``tensor`` is float32 ``(3, size, size)``, RGB, in [-1, 1], the
-    image centred with black (-1) bars; ``box`` maps coordinates between the two
-    (:class:`Letterbox`).
-    """
+def letterbox_canvas(image_bgr: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """The ``size x size`` BGR uint8 canvas of :func:`letterbox` (before RGB and scaling) and its map."""
     img = _check_image(image_bgr)
     h, w = img.shape[:2]
     s = min(size / w, size / h)
@@ -236,9 +235,32 @@ def letterbox(image_bgr: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     pad_y = (size - new_h) // 2
     canvas = np.zeros((size, size, 3), np.uint8)
     canvas[pad_y:pad_y + new_h, pad_x:pad_x + new_w] = resized
+    return canvas, Letterbox(size, new_w / w, new_h / h, pad_x, pad_y)
+
+
+def shrink_canvas(canvas: np.ndarray, box: Letterbox, size: int) -> tuple[np.ndarray, Letterbox]:
+    """A letterboxed canvas resized to a smaller ``size`` (the same frame, the map scaled with it):
+    one resize of the full frame serves both BlazeFace inputs."""
+    r = size / box.size
+    small = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
+    return small, Letterbox(size, box.scale_x * r, box.scale_y * r, box.pad_x * r, box.pad_y * r)
+
+
+def canvas_tensor(canvas: np.ndarray) -> np.ndarray:
+    """BGR uint8 ``(S, S, 3)`` canvas -> float32 ``(3, S, S)`` RGB in [-1, 1] (BlazeFace's input)."""
     rgb = canvas[:, :, ::-1].transpose(2, 0, 1).astype(np.float32)
-    tensor = rgb * np.float32(1 / 127.5) - np.float32(1.0)
-    return tensor, Letterbox(size, new_w / w, new_h / h, pad_x, pad_y)
+    return rgb * np.float32(1 / 127.5) - np.float32(1.0)
+
+
+def letterbox(image_bgr: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Fit a BGR uint8 image into a ``size x size`` model input, keeping its aspect ratio.
+
+    Returns ``(tensor, box)``: ``tensor`` is float32 ``(3, size, size)``, RGB, in [-1, 1], the
+    image centred with black (-1) bars; ``box`` maps coordinates between the two
+    (:class:`Letterbox`).
+    """
+    canvas, box = letterbox_canvas(image_bgr, size)
+    return canvas_tensor(canvas), box
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,8 +387,10 @@ class FaceDetector:
             opens the shipped models with ONNX Runtime runners (1 thread each), which
             :meth:`close` releases.
         variant: ``"short"`` (128 px input: faces large in the frame, face crops),
-            ``"full"`` (192 px: small / distant faces) or ``"auto"`` (default: both on the whole
-            frame, merged by one NMS). Measured on the shared photos (see
+            ``"full"`` (192 px: small / distant faces), ``"auto"`` (default: short range, full range
+            only when short range finds no face or only faces narrower than
+            :attr:`FULL_RANGE_BELOW` of the frame: one network pass on webcam-like frames) or ``"both"``
+            (both on the whole frame, merged by one NMS). Measured on the shared photos (see
             ``training/detector_recall.py``): the short-range model alone finds about half of
             the >= 40 px faces in 500 px group photos, the full-range model alone finds only
             about a quarter of the faces in tight face crops (UTKFace 200 px); together they find
@@ -387,13 +411,18 @@ class FaceDetector:
     #: about 1/19 of its input side reliably (measured), so a face of ``min_face`` px lands at
     #: ~12 px in the 192 px input.
     TILE_FACTOR = 16
+    #: ``auto`` runs the full-range model too when the short-range model finds no face wider than
+    #: this fraction of the frame's shorter side. Measured on the shared photos
+    #: (``training/detector_recall.py``): where short range misses faces of a group photo, the
+    #: faces it does find are 0.19-0.23 of the shorter side; a face 1 m from a 720p webcam is ~0.4.
+    FULL_RANGE_BELOW = 0.25
 
     def __init__(self, runner: "Runner | Mapping[str, Runner] | None" = None, variant: str = "auto",
                  score_threshold: float | None = None, iou_threshold: float = 0.3,
                  max_faces: int = 64, nms: str = "weighted", min_face: int | None = None,
                  tile_batch: int = 16):
-        if variant not in ("short", "full", "auto"):
-            raise InputError(f"unknown detector variant {variant!r}; use 'short', 'full' or 'auto'")
+        if variant not in VARIANTS:
+            raise InputError(f"unknown detector variant {variant!r}; use one of {list(VARIANTS)}")
         if nms not in ("weighted", "hard"):
             raise InputError(f"unknown nms {nms!r}; use 'weighted' or 'hard'")
         if score_threshold is not None and not 0.0 < score_threshold < 1.0:
@@ -413,10 +442,11 @@ class FaceDetector:
         self.nms = nms
         self.min_face = None if min_face is None else int(min_face)
         self.tile_batch = int(tile_batch)
-        needed = ["short", "full"] if variant == "auto" else [variant]
+        needed = ["short", "full"] if variant in ("auto", "both") else [variant]
         if self.min_face is not None and "full" not in needed:
             needed.append("full")  # tiles run the full-range model
-        self._whole = ["short", "full"] if variant == "auto" else [variant]
+        self._whole = ["short", "full"] if variant in ("auto", "both") else [variant]
+        self.passes: list[str] = []  # the models the last detect() ran on the whole frame
         self._runners: dict[str, Runner] = {}
         self._owned: list[Runner] = []
         for v in needed:
@@ -475,11 +505,21 @@ class FaceDetector:
         k = (lb.to_image(kps[m] * s) + off) / scale
         return b.reshape(-1, 4).astype(np.float32), scores[m], k.astype(np.float32)
 
-    def _whole_frame(self, v: str, image: np.ndarray):
-        spec = MODELS[v]
-        tensor, lb = letterbox(image, spec.input_size)
-        reg, cls = self._run(v, tensor[None])
+    def _whole_frame(self, v: str, inputs: dict[str, tuple[np.ndarray, Letterbox]]):
+        canvas, lb = inputs[v]
+        reg, cls = self._run(v, canvas_tensor(canvas)[None])
+        self.passes.append(v)
         return self._decode_to_image(v, reg[0], cls[0], lb)
+
+    def _inputs(self, image: np.ndarray) -> dict[str, tuple[np.ndarray, Letterbox]]:
+        """The whole-frame canvas of each model this variant may run, from one resize of the frame
+        (the largest input; smaller ones are resized from that canvas)."""
+        sizes = sorted(self._whole, key=lambda v: -MODELS[v].input_size)
+        first = letterbox_canvas(image, MODELS[sizes[0]].input_size)
+        out = {sizes[0]: first}
+        for v in sizes[1:]:
+            out[v] = shrink_canvas(first[0], first[1], MODELS[v].input_size)
+        return out
 
     def tile_plan(self, height: int, width: int) -> list[tuple[float, int, int, int]]:
         """The tiles :meth:`detect` runs for a ``height x width`` frame when ``min_face`` is set.
@@ -540,7 +580,10 @@ class FaceDetector:
     def detect(self, image_bgr: np.ndarray) -> Detections:
         """Find faces in one ``(H, W, 3)`` uint8 BGR image (any size).
 
-        The variant's model(s) run once on the whole letterboxed frame (``auto``: both). With
+        The frame is resized once (to the largest model input the variant may need). ``auto`` runs
+        the short-range model, and the full-range model only when short range finds no face or
+        only small ones (:attr:`FULL_RANGE_BELOW`);
+        ``both`` runs both and merges them; ``short`` / ``full`` run one model. With
         ``min_face`` set and a frame larger than one tile, the full-range model also runs on the
         tiles of :meth:`tile_plan`. All candidates are merged by one NMS. Returns at most
         ``max_faces`` detections, best first, in image pixels; empty when there is no face.
@@ -548,7 +591,16 @@ class FaceDetector:
         array (grey / BGRA frames must be converted by the caller).
         """
         img = _check_image(image_bgr)
-        parts = [self._whole_frame(v, img) for v in self._whole]
+        self.passes = []
+        inputs = self._inputs(img)
+        if self.variant == "auto":
+            parts = [self._whole_frame("short", inputs)]
+            boxes = parts[0][0]
+            widest = float((boxes[:, 2] - boxes[:, 0]).max()) if len(boxes) else 0.0
+            if widest < self.FULL_RANGE_BELOW * min(img.shape[:2]):  # none, or small: a distant scene
+                parts.append(self._whole_frame("full", inputs))
+        else:
+            parts = [self._whole_frame(v, inputs) for v in self._whole]
         if self.min_face is not None:
             parts += self._tiles(img)
         scores = np.concatenate([p[1] for p in parts])

@@ -17,7 +17,11 @@ from .smoothing import OneEuroConfig, StreamSmoothing
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-DETECTORS = ("auto", "short", "full")
+DETECTORS = ("auto", "short", "full", "both")
+REFINE = (True, False, "auto")
+DEFAULT_REFINE_THRESHOLD = 0.3
+"""``refine="auto"`` encodes a face again when its predicted landmark box and the first crop's box
+disagree by more than this (1 - IoU); chosen on 300-W AFW (docs/benchmarks.md, refine table)."""
 ON_ERROR = ("report", "raise")
 MAX_THREADS = 256
 """Upper bound of ``threads``: engines allocate a pool per thread, so 1000 stalls for minutes and
@@ -61,12 +65,17 @@ class ReconstructorOptions:
         precision: ``"fp32"``, ``"fp16"``, ``"bf16"``, ``"int8"`` or None (prefer fp32; artifacts
             that failed the accuracy gate are used only when their precision is asked for).
         device: engine device (``"cpu"``, ``"cuda"``, OpenVINO ``"GPU"``/``"NPU"``...), or None.
-        refine: re-crop from the predicted landmarks and encode again (the crop SMIRK was trained on).
+        refine: True: re-crop every face from its predicted landmarks and encode again (the crop
+            SMIRK was trained on); ``"auto"`` (default): only faces whose landmark box disagrees with
+            the first crop's box by more than ``refine_threshold``; False: one encoder pass.
+        refine_threshold: ``refine="auto"``'s disagreement bound, 1 - IoU of the two boxes, in [0, 1].
         max_faces: at most this many faces per image (largest first), 1..256.
         crop_scale: SMIRK crop scale in [0.5, 4]; None takes the bundle's ``crop_policy.scale``.
-        detector: ``"auto"``, ``"short"`` or ``"full"`` (see :mod:`smirk_edge.detector`).
+        detector: ``"auto"`` (short range; full range only when it finds no large face), ``"short"``,
+            ``"full"`` or ``"both"`` (both models on every frame; see :mod:`smirk_edge.detector`).
         score_threshold: detector confidence threshold in (0, 1).
-        threads: engine threads, 1..256 (None = engine default).
+        threads: threads for the engine, OpenCV and BLAS, 1..256 (None: the physical cores this
+            process may use, from its CPU affinity and cgroup quota; :func:`smirk_edge.cpu.core_budget`).
         smoothing: the temporal filters of ``stream()``: a :class:`~smirk_edge.smoothing.StreamSmoothing`
             (landmarks, pose and expression filters, identity lock) or one ``OneEuroConfig`` for every signal.
         redetect_every: in ``stream()``, run the detector every N frames even while tracking (>= 1).
@@ -77,7 +86,8 @@ class ReconstructorOptions:
     backend: str = "auto"
     precision: str | None = None
     device: str | None = None
-    refine: bool = True
+    refine: bool | str = "auto"
+    refine_threshold: float = DEFAULT_REFINE_THRESHOLD
     max_faces: int = 8
     crop_scale: float | None = None
     detector: str = "auto"
@@ -94,8 +104,9 @@ class ReconstructorOptions:
             choice("precision", self.precision, PRECISIONS)
         if self.device is not None and (not isinstance(self.device, str) or not self.device.strip()):
             raise OptionError(f"device must be a non-empty string or None, got {self.device!r}")
-        if not isinstance(self.refine, bool):
-            raise OptionError(f"refine must be True or False, got {self.refine!r}")
+        if not isinstance(self.refine, bool) and self.refine != "auto":
+            raise OptionError(f"refine must be True, False or 'auto', got {self.refine!r}")
+        set_("refine_threshold", _real("refine_threshold", self.refine_threshold, 0.0, 1.0))
         set_("max_faces", _integer("max_faces", self.max_faces, 1, MAX_FACES))
         if self.crop_scale is not None:
             set_("crop_scale", _real("crop_scale", self.crop_scale, 0.5, 4.0))
@@ -104,6 +115,11 @@ class ReconstructorOptions:
         if self.score_threshold >= 1.0:
             raise OptionError(f"score_threshold must be below 1, got {self.score_threshold}")
         if self.threads is not None:
+            if isinstance(self.threads, numbers.Integral) and not isinstance(self.threads, bool) \
+                    and self.threads > MAX_THREADS:
+                raise OptionError(f"threads must be in [1, {MAX_THREADS}], got {self.threads}: the engine, OpenCV and "
+                                  "BLAS each start a pool of that size; leave threads=None for the physical cores "
+                                  "this process may use")
             set_("threads", _integer("threads", self.threads, 1, MAX_THREADS))
         if not isinstance(self.smoothing, (StreamSmoothing, OneEuroConfig)):
             raise OptionError(f"smoothing must be a StreamSmoothing or a OneEuroConfig, got {type(self.smoothing).__name__}")

@@ -45,7 +45,7 @@ from .results import PARAM_WIDTHS, Face, Params, crop_roll_degrees, head_pose_de
 __all__ = [
     "CropPolicy", "Crops", "Detected", "Projected", "StageTimer", "Stages",
     "detect", "crop", "crop_transforms", "encode", "decode", "image_affines", "project", "head_poses",
-    "landmark_boxes", "refine", "smooth", "assemble",
+    "landmark_boxes", "refine", "box_disagreement", "smooth", "assemble",
 ]
 
 
@@ -256,6 +256,18 @@ def refine(params: Mapping[str, np.ndarray], projected: Projected, crops: Crops)
     return landmark_boxes(projected.landmarks105, params["pose"]), head_poses(params["pose"], matrices)[:, 2]
 
 
+def box_disagreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(B,)`` 1 - IoU of two sets of boxes ``(B, 4)`` (0: the same box, 1: disjoint): how far the
+    first crop's box is from the box of the landmarks it predicted (adaptive refine)."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = iw * ih
+    area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)  # noqa: E731
+    union = area(a) + area(b) - inter
+    return 1.0 - np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
 def smooth(filters: Mapping[str, Any], params: dict[str, np.ndarray], index: int,
            affine: np.ndarray, stamp: float | None) -> np.ndarray:
     """Stage *smooth*: filter face ``index`` of ``params`` in place (pose, shape, expression, eyelid,
@@ -310,25 +322,50 @@ class Stages:
         return crops, params
 
     def reconstruct(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, rolls: Rolls,
-                    refine_pass: bool, timer: StageTimer) -> list[Face]:
-        """crop -> encode [-> decode -> project -> refine -> crop -> encode] -> decode -> project -> faces."""
+                    refine_pass: bool | str, timer: StageTimer, refine_threshold: float = 0.0) -> list[Face]:
+        """crop -> encode [-> decode -> project -> refine -> crop -> encode] -> decode -> project -> faces.
+
+        ``refine_pass``: True re-crops every face from its predicted landmarks and encodes again;
+        ``"auto"`` does so only for faces whose landmark box disagrees with the first crop's box by
+        more than ``refine_threshold`` (:func:`box_disagreement`); False never.
+        """
         crops, params = self.encode_crops(image, boxes, rolls, timer)
+        geometry = affines = None
         if refine_pass and len(crops):
             with timer("decode"):  # the refine pass's own decode and projection count as decode
-                first = project(decode(self.face_model, params),
-                                image_affines(params["cam"], [t.matrix for t in crops.transforms], self.policy.size))
-                new_boxes, new_rolls = refine(params, first, crops)
-            crops, params = self.encode_crops(image, new_boxes, new_rolls, timer)
-        return self.faces(params, crops, boxes, scores, timer)
+                geometry = decode(self.face_model, params)
+                affines = image_affines(params["cam"], [t.matrix for t in crops.transforms], self.policy.size)
+                new_boxes, new_rolls = refine(params, project(geometry, affines), crops)
+            redo = np.ones(len(crops), bool)
+            if refine_pass == "auto":
+                redo = box_disagreement(boxes, new_boxes) > refine_threshold
+            if redo.any():
+                geometry = affines = None  # decoded again below, from the second pass
+            if redo.all():
+                crops, params = self.encode_crops(image, new_boxes, new_rolls, timer)
+            elif redo.any():
+                idx = np.flatnonzero(redo)
+                again, again_params = self.encode_crops(image, new_boxes[idx], np.asarray(new_rolls)[idx], timer)
+                transforms = list(crops.transforms)
+                for j, i in enumerate(idx):
+                    transforms[i] = again.transforms[j]
+                batch = crops.batch.copy()
+                batch[idx] = again.batch
+                crops = Crops(transforms, batch)
+                params = {k: v.copy() for k, v in params.items()}
+                for k in params:
+                    params[k][idx] = again_params[k]
+        return self.faces(params, crops, boxes, scores, timer, affines, geometry=geometry)
 
     def faces(self, params: dict[str, np.ndarray], crops: Crops, boxes: np.ndarray, scores: np.ndarray,
               timer: StageTimer, affines: np.ndarray | None = None,
-              track_ids: Sequence[int] | None = None) -> list[Face]:
-        """Stages *decode* and *project*, then the :class:`Face` records."""
+              track_ids: Sequence[int] | None = None, geometry: FaceGeometry | None = None) -> list[Face]:
+        """Stages *decode* and *project*, then the :class:`Face` records (``geometry``: already
+        decoded from ``params``, e.g. by an adaptive refine pass that kept the first crop)."""
         if not len(crops):
             return []
         with timer("decode"):
-            geometry = decode(self.face_model, params)
+            geometry = decode(self.face_model, params) if geometry is None else geometry
         with timer("project"):
             if affines is None:
                 affines = image_affines(params["cam"], [t.matrix for t in crops.transforms], self.policy.size)

@@ -68,7 +68,7 @@ class Reconstructor:
         bundle: a bundle folder (``smirk-edge export``), a :class:`Bundle`, or None for the embedded
             default model.
         options: a :class:`~smirk_edge.options.ReconstructorOptions`; keyword arguments (the same
-            names: ``backend``, ``precision``, ``device``, ``refine``, ``max_faces``, ``crop_scale``,
+            names: ``backend``, ``precision``, ``device``, ``refine``, ``refine_threshold``, ``max_faces``, ``crop_scale``,
             ``detector``, ``score_threshold``, ``threads``, ``smoothing``, ``redetect_every``,
             ``align_roll``) replace single fields of it. Every bad option raises
             :class:`~smirk_edge.errors.OptionError` here, before any engine starts.
@@ -107,23 +107,50 @@ class Reconstructor:
         from .detector import open_detector
         from .runtimes import registry
 
-        opened = registry.open_artifact(self.bundle.runnable_encoders(opts.precision), self.bundle.main_path,
-                                        opts.backend, opts.precision, opts.device, opts.threads)
+        from .cpu import apply_thread_budget, core_budget
+
+        self.threads = opts.threads if opts.threads is not None else core_budget().threads
+        self.thread_budget = apply_thread_budget(self.threads)  # OpenCV and BLAS share the engine's budget
+        opened = self._open_encoder(registry)
         self.encoder = opened.runner
         self._runners.append(self.encoder)
         self.selection = opened.selection
         self.artifact = opened.artifact  # the encoder artifact that runs (after any fallback)
         self.selection_reason = opened.reason
+        if self.bundle.skipped_for_cpu:
+            self.selection_reason += "; " + "; ".join(w for _, w in self.bundle.skipped_for_cpu)
         self.engine = f"{self.encoder.engine}:{self.encoder.device} {self.encoder.precision}"
         log.info("smirk-edge encoder: %s (%s)", self.engine, self.selection_reason)
 
-        self.detector = open_detector(self.bundle, self.encoder.engine, opts.threads, opts.detector,
+        self.detector = open_detector(self.bundle, self.encoder.engine, self.threads, opts.detector,
                                       opts.score_threshold, opts.max_faces)
         self._runners += list(self.detector.runners.values())
         policy = CropPolicy(info.crop_scale if opts.crop_scale is None else opts.crop_scale, info.input_size,
                             opts.align_roll)
         self.stages = Stages(self.detector, self.encoder, self.face_model, policy, opts.max_faces,
                              info.input_name, dict(info.outputs), self.engine)
+
+    def _open_encoder(self, registry):
+        """The encoder runner; an int8 ONNX artifact not gated for this CPU class is skipped (logged),
+        and when that leaves no artifact of the asked precision for the asked engine, fp32 runs
+        instead (logged and warned)."""
+        opts = self.options
+        from .runtimes.base import RunnerError
+
+        arts = self.bundle.runnable_encoders(opts.precision)
+        skipped = list(self.bundle.skipped_for_cpu)
+        try:
+            return registry.open_artifact(arts, self.bundle.main_path, opts.backend, opts.precision, opts.device,
+                                          self.threads)
+        except RunnerError:
+            if not skipped or opts.precision != "int8":
+                raise
+        why = "; ".join(w for _, w in skipped)
+        log.warning("precision='int8' on %s: %s; running fp32 instead", opts.backend, why)
+        warnings.warn(f"int8 is not valid on this CPU for backend {opts.backend!r} ({why}); running fp32",
+                      RuntimeWarning, stacklevel=3)
+        return registry.open_artifact(self.bundle.runnable_encoders(None), self.bundle.main_path, opts.backend,
+                                      None, opts.device, self.threads)
 
     # ------------------------------------------------------------------ options, read-only views
     @property
@@ -132,7 +159,7 @@ class Reconstructor:
         return self.stages.policy.scale
 
     @property
-    def refine(self) -> bool:
+    def refine(self) -> bool | str:
         return self.options.refine
 
     @property
@@ -195,7 +222,8 @@ class Reconstructor:
             with timer("decode_image"):
                 img = load_image(image) if isinstance(image, (str, os.PathLike)) else as_bgr_uint8(image)
             det = self.stages.detect(img, timer)
-            faces = self.stages.reconstruct(img, det.boxes, det.scores, det.rolls, self.options.refine, timer)
+            faces = self.stages.reconstruct(img, det.boxes, det.scores, det.rolls, self.options.refine, timer,
+                                            self.options.refine_threshold)
             return self._result(faces, timer)
 
     def batch(self, images: Iterable[np.ndarray | str | os.PathLike]) -> list[FrameResult]:

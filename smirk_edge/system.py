@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 from ._lazy import available, require
+from .cpu import cpu_class
 
 # distributions reported by `smirk-edge info` and benchmark rows
 ENGINE_PACKAGES = ("numpy", "opencv-python-headless", "onnxruntime", "openvino", "tensorrt", "torch", "timm",
@@ -34,7 +35,7 @@ def _version(dist: str) -> str | None:
 
 def cpu_description() -> dict:
     """CPU model, logical cores and the SIMD flags that matter to inference engines."""
-    model, flags = platform.processor() or platform.machine(), set()
+    model, flags = platform.processor() or platform.machine(), set[str]()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -52,6 +53,7 @@ def cpu_description() -> dict:
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "arch": platform.machine(),
         "flags": sorted(f for f in _INTERESTING_FLAGS if f in flags),
+        "class": cpu_class(flags),  # smirk_edge.cpu: which int8 kernels are exact here
     }
 
 

@@ -157,6 +157,7 @@ CONFIGS = {
     "short": dict(variant="short"),
     "full": dict(variant="full"),
     "auto": dict(variant="auto"),
+    "both": dict(variant="both"),
     "auto+min40": dict(variant="auto", min_face=40),
     "auto+min100": dict(variant="auto", min_face=100),
 }

@@ -1,0 +1,134 @@
+"""CPU flags, CPU classes, int8 validity per class (faked flags), and the thread budget."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+
+from smirk_edge import cpu
+from smirk_edge.bundle import Bundle
+from smirk_edge.reconstructor import default_bundle_path
+
+AVX2 = "fpu sse4_2 avx avx2 fma"
+AVX512 = AVX2 + " avx512f avx512bw"
+VNNI = AVX512 + " avx512_vnni"
+AMX = VNNI + " amx_tile amx_int8"
+
+
+@pytest.mark.parametrize("flags, cls", [(AVX2, "avx2"), (AVX512, "avx512"), (VNNI, "avx512-vnni"), (AMX, "amx"),
+                                        (AVX2 + " avx_vnni", "avx-vnni"), ("fpu sse2", "generic"), ("", "generic")])
+def test_cpu_class_from_flags(monkeypatch, flags, cls):
+    monkeypatch.setenv(cpu.FLAGS_ENV, flags)
+    assert cpu.cpu_class() == cls
+    assert cpu.has_vnni(cls) == (cls in ("amx", "avx512-vnni", "avx-vnni"))
+    assert cpu.describe_flags().startswith(cls)
+
+
+def test_real_flags_are_read_from_proc_cpuinfo(monkeypatch):
+    monkeypatch.delenv(cpu.FLAGS_ENV, raising=False)
+    assert cpu.cpu_class() in cpu.CPU_CLASSES
+
+
+def test_int8_validity_stated_and_inferred():
+    u8s8 = {"quantization": {"activations": "QUInt8", "weights": "QInt8"}}
+    assert cpu.int8_valid_classes(u8s8) == cpu.VNNI_CLASSES  # bundles written before cpu_classes
+    assert cpu.int8_valid_classes({"quantization": {**u8s8["quantization"], "reduce_range": True}}) is None
+    assert cpu.int8_valid_classes({**u8s8, "cpu_classes": ["avx2"]}) == ("avx2",)
+    assert cpu.int8_valid_classes(u8s8, kind="openvino-ir") is None  # OpenVINO int8 is right on AVX2 too
+    assert cpu.int8_valid_classes({**u8s8, "intended_engine": "tensorrt"}) is None
+    assert cpu.int8_applies(u8s8, "onnx", "int8", "amx") and not cpu.int8_applies(u8s8, "onnx", "int8", "avx2")
+    assert cpu.int8_applies(u8s8, "onnx", "fp32", "avx2")
+
+
+@pytest.mark.parametrize("flags, skipped", [(AVX2, True), (AVX512, True), (VNNI, False), (AMX, False)])
+def test_default_bundle_skips_ungated_int8_onnx(monkeypatch, caplog, flags, skipped):
+    monkeypatch.setenv(cpu.FLAGS_ENV, flags)
+    b = Bundle(default_bundle_path())
+    with caplog.at_level(logging.INFO, logger="smirk_edge.bundle"):
+        names = [a.name for a in b.runnable_encoders("int8")]
+    assert ("fused.int8.onnx" not in names) == skipped
+    assert "encoder.int8.xml" in names  # OpenVINO int8 is not limited
+    assert bool(b.skipped_for_cpu) == skipped
+    if skipped:
+        assert "fused.int8.onnx skipped" in caplog.text and "avx" in caplog.text
+
+
+@pytest.mark.onnxruntime
+def test_reconstructor_falls_back_to_fp32_when_int8_onnx_is_not_for_this_cpu(monkeypatch):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'smirk-edge[onnxruntime]')")
+    from smirk_edge import Reconstructor
+
+    monkeypatch.setenv(cpu.FLAGS_ENV, AVX2)
+    with pytest.warns(RuntimeWarning, match="not valid on this CPU"):
+        rec = Reconstructor(backend="onnxruntime", precision="int8", threads=1)
+    with rec:
+        assert rec.artifact.name == "encoder.onnx" and rec.artifact.precision == "fp32"
+        assert "fused.int8.onnx skipped" in rec.selection_reason
+    monkeypatch.setenv(cpu.FLAGS_ENV, AMX)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with Reconstructor(backend="onnxruntime", precision="int8", threads=1) as rec:
+            assert rec.artifact.name == "fused.int8.onnx"
+
+
+@pytest.mark.onnxruntime
+@pytest.mark.parametrize("flags, applies", [(AVX2, False), (AVX512, False), (VNNI, True), (AMX, True)])
+def test_selftest_of_shipped_bundle_per_cpu_class(monkeypatch, capsys, flags, applies):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'smirk-edge[onnxruntime]')")
+    from smirk_edge.export.cli import selftest_main
+
+    monkeypatch.setenv(cpu.FLAGS_ENV, flags)
+    code = selftest_main([str(default_bundle_path()), "--backend", "onnxruntime"])
+    out = capsys.readouterr().out
+    assert f"CPU class: {cpu.cpu_class()}" in out
+    row = next(line for line in out.splitlines() if line.startswith("| fused.int8.onnx"))
+    assert ("not for this CPU" in row) == (not applies)
+    if not applies:
+        assert "not counted: fused.int8.onnx" in out and "1/1 artifacts valid on this CPU" in out
+    # on this (VNNI) machine the int8 artifact is right, so the verdict is PASS either way; on an AVX2
+    # machine its measured row fails but no longer fails the selftest
+    assert code == 0
+
+
+def test_selftest_verdict_counts_only_artifacts_that_apply():
+    from smirk_edge.export.gate import GateResult, Thresholds
+    from smirk_edge.export.golden import selftest_verdict
+
+    ok = GateResult("encoder.onnx", "fp32", "onnxruntime", {}, Thresholds())
+    bad = GateResult("fused.int8.onnx", "int8", "onnxruntime", {}, Thresholds(), failures=["lmk_p99_px 6.2 > 2"])
+    assert not selftest_verdict([ok, bad])
+    bad.applies = False
+    assert selftest_verdict([ok, bad])
+    assert not selftest_verdict([bad])  # nothing that applies: not a pass
+
+
+def test_core_budget_from_affinity_quota_and_smt(tmp_path):
+    sysfs = tmp_path / "cpu"
+    for c in range(8):  # 4 cores x 2 SMT siblings
+        d = sysfs / f"cpu{c}" / "topology"
+        d.mkdir(parents=True)
+        (d / "thread_siblings_list").write_text(f"{c // 2 * 2}-{c // 2 * 2 + 1}\n")
+    nomax = tmp_path / "none"
+    b = cpu.core_budget(set(range(8)), str(nomax), str(sysfs))
+    assert (b.logical, b.physical, b.quota, b.threads) == (8, 4, None, 4)
+    quota = tmp_path / "cpu.max"
+    quota.write_text("250000 100000\n")  # 2.5 CPUs
+    assert cpu.core_budget(set(range(8)), str(quota), str(sysfs)).threads == 2
+    quota.write_text("max 100000\n")
+    assert cpu.core_budget({0, 1}, str(quota), str(sysfs)).threads == 1  # two siblings of one core
+    quota.write_text("50000 100000\n")
+    assert cpu.core_budget({0}, str(quota), str(sysfs)).threads == 1  # never 0
+    assert cpu.core_budget(set(range(300)), str(nomax), str(tmp_path / "nosysfs")).threads == 256
+
+
+def test_thread_budget_reaches_opencv_and_blas(monkeypatch):
+    import cv2
+
+    before = cv2.getNumThreads()
+    try:
+        done = cpu.apply_thread_budget(1)
+        assert cv2.getNumThreads() == 1 and done["opencv"] == 1 and done["blas"] in ("threadpoolctl", "environment")
+    finally:
+        cv2.setNumThreads(before)
