@@ -619,7 +619,9 @@ class FaceDetector:
         model alone, once, on the whole letterboxed region; same output as :meth:`detect`."""
         img = _check_image(image_bgr)
         variant = "short" if "short" in self._runners else next(iter(self._runners))
-        boxes, scores, kps = self._whole_frame(variant, img)
+        canvas = letterbox_canvas(img, MODELS[variant].input_size)
+        self.passes = []  # (reset per call, as detect() does: it must not grow over a long stream)
+        boxes, scores, kps = self._whole_frame(variant, {variant: canvas})
         if scores.size == 0:
             return Detections()
         nms = weighted_nms if self.nms == "weighted" else hard_nms
