@@ -315,13 +315,13 @@ def test_reconstruct_video_glb_writes_an_animated_file_per_track(tmp_path, reque
                  "--backend", "onnxruntime"]) == 0
     track = out / "clip.track0.glb"
     assert track.is_file() and (out / "astronaut.face0.glb").is_file()
-    frames = json.loads((out / "clip.json").read_text())["frames"]
+    frames = [json.loads(line) for line in (out / "clip.jsonl").read_text().splitlines() if line.strip()]
     n = sum(1 for fr in frames if any(f["track_id"] == 0 for f in fr["faces"]))
     assert n >= 5
     doc, blob = _load(track)
     times = gltf._read_accessor(doc, blob, doc.animations[0].samplers[0].input)
     np.testing.assert_allclose(times[:3], [0.0, 0.1, 0.2], atol=1e-6)  # the video's times (10 fps)
-    # the head rotation in the file is the SDK's head pose (same roll as clip.json), and follows the
+    # the head rotation in the file is the SDK's head pose (same roll as clip.jsonl), and follows the
     # video's rotation (2 degrees counter-clockwise a frame)
     quats = gltf._read_accessor(doc, blob, doc.animations[0].samplers[0].output)
     rolls = [float(np.degrees(np.arctan2(R[1, 0], R[1, 1]))) for R in (gltf._quat_matrix(q) for q in quats)]

@@ -112,7 +112,9 @@ def test_video_with_a_non_utf8_name(bundle, tmp_path, raw):
     out = Path(os.fsdecode(out_raw))
     summary = _check_outputs(out)
     stem = os.fsdecode(raw[:-4])
-    assert len(json.loads((out / f"{stem}.json").read_bytes())["frames"]) == 4
+    assert json.loads((out / f"{stem}.json").read_bytes())["frames"] == 4  # the video's summary
+    lines = (out / f"{stem}.jsonl").read_bytes().splitlines()
+    assert [json.loads(ln)["frame"] for ln in lines] == [0, 1, 2, 3]  # one line per frame
     assert summary["results"][0]["stem"] == stem
     from smirk_edge.fileio import opencv_readable_path
 
