@@ -94,7 +94,7 @@ def _bundle_thresholds(bundle: Bundle) -> dict[str, Thresholds]:
 
 
 def _candidates(bundle: Bundle, engine: str, precision: str | None, artifact: str | None) -> list:
-    from smirk_edge.runtimes.registry import engine_spec
+    from smirk_edge.runtimes.registry import engine_spec, gated_for_engine
 
     spec = engine_spec(engine)
     arts = [a for a in bundle.artifacts if a.role in ("encoder", "fused")]
@@ -103,7 +103,8 @@ def _candidates(bundle: Bundle, engine: str, precision: str | None, artifact: st
         if not spec.opens(a.kind):
             raise InputError(f"{engine} cannot open artifact {artifact!r} (kind {a.kind})")
         return [a]
-    arts = [a for a in arts if spec.opens(a.kind, a.precision) and (precision is None or a.precision == precision)]
+    arts = [a for a in arts if spec.opens(a.kind, a.precision) and (precision is None or a.precision == precision)
+            and gated_for_engine(a, engine)]
     for kind in spec.artifact_kinds:  # the engine's preferred kind that the bundle has
         chosen = [a for a in arts if a.kind == kind]
         if chosen:

@@ -19,7 +19,7 @@ import importlib
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +127,17 @@ def _device_kind(device: str | None) -> str | None:
     return None if device is None else str(device).split(":")[0].split(".")[0].lower()
 
 
+def gated_for_engine(artifact: Any, engine: str) -> bool:
+    """False for an int8 artifact whose accuracy gate ran on another engine (``attrs.accuracy.engine``):
+    int8 graphs are run differently by each engine (OpenVINO executes an ONNX Runtime QDQ graph with
+    its own kernels and was seen 1.3 px off where ONNX Runtime passed), so an int8 artifact is used
+    only where it was gated. Float artifacts, and records without a gate engine, run anywhere."""
+    attrs = getattr(artifact, "attrs", None) or {}
+    acc = attrs.get("accuracy") if isinstance(attrs, Mapping) else None
+    gated = acc.get("engine") if isinstance(acc, Mapping) else None
+    return getattr(artifact, "precision", None) != "int8" or not gated or gated == engine
+
+
 def select_engine(artifacts: Sequence[Any], preferred: str = "auto", precision: str | None = None,
                   device: str | None = None, installed: Iterable[str] | None = None) -> Selection:
     """Choose an engine and one of ``artifacts`` (records with ``kind``, ``precision``, ``path``).
@@ -158,7 +169,7 @@ def select_engine(artifacts: Sequence[Any], preferred: str = "auto", precision: 
             skipped.append(f"{spec.name} (does not run on {device!r})")
             continue
         usable = [a for a in artifacts if spec.opens(a.kind, a.precision)
-                  and (precision is None or a.precision == precision)]
+                  and (precision is None or a.precision == precision) and gated_for_engine(a, spec.name)]
         if not usable:
             skipped.append(f"{spec.name} (no artifact it opens"
                            f"{f' in {precision}' if precision else ''})")

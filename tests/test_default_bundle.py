@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 
@@ -36,7 +37,7 @@ def test_default_bundle_is_complete_intact_and_small(bundle):
     assert total < MAX_BYTES, f"default bundle is {total / 1e6:.1f} MB"
     man = json.loads((root / "manifest.json").read_text())
     have = {(a["kind"], a["role"], a["precision"]) for a in man["artifacts"]}
-    for need in [("onnx", "encoder", "fp32"), ("openvino-ir", "encoder", "int8"), ("onnx", "fused", "int8"), ("face-model", "face_model", None), ("golden", "golden", None),
+    for need in [("onnx", "encoder", "fp32"), ("onnx", "encoder", "int8"), ("onnx", "fused", "int8"), ("face-model", "face_model", None), ("golden", "golden", None),
                  ("model-card", "model_card", None)]:
         assert need in have, need
     assert sum(a["role"] == "detector" for a in man["artifacts"]) == 2
@@ -106,7 +107,7 @@ def test_reconstructor_default_reconstructs_the_astronaut(astronaut):
     nose_tip, chin = lm[30], lm[8]
     assert chin[1] > nose_tip[1] > lm[27][1], "nose bridge above nose tip above chin"
     assert abs(f.head_pose[0]) < 20 and abs(f.head_pose[2]) < 15, f.head_pose
-    assert f.params.jaw[0] < 0.2, "a closed-mouth smile"
+    assert f.params.jaw[0] < 0.3, "a smile with the lips parted, not an open mouth (v1: 0.17, v2: 0.22 rad)"
 
 
 def test_int8_and_fp32_agree_on_the_astronaut(astronaut):
@@ -121,18 +122,28 @@ def test_int8_and_fp32_agree_on_the_astronaut(astronaut):
     assert d.mean() < 1.5 and d.max() < 5, (d.mean(), d.max())  # 512 px photo, face ~130 px wide
 
 
-def test_openvino_int8_matches_golden(bundle):
-    pytest.importorskip("openvino")
-    from smirk_edge.export.golden import selftest
+def test_every_engine_passes_the_golden_check(bundle):
+    from smirk_edge.export.golden import selftest, selftest_verdict
 
-    rows = selftest(default_bundle_path(), backend="openvino", precision="int8")
-    assert rows and all(r.passed for r in rows), [(r.name, r.failures) for r in rows]
+    ran = 0
+    for engine in ("onnxruntime", "openvino"):
+        if importlib.util.find_spec(engine) is None:
+            continue
+        rows = selftest(default_bundle_path(), backend=engine)
+        assert rows and selftest_verdict(rows), [(r.name, r.failures) for r in rows]
+        ran += 1
+    if not ran:
+        pytest.skip("neither ONNX Runtime nor OpenVINO is installed")
 
 
-def test_fused_int8_stands_in_for_the_missing_int8_onnx_encoder(bundle):
+def test_int8_onnx_runs_only_on_the_engine_it_was_gated_on(bundle):
+    """v2 ships no OpenVINO int8 IR (NNCF's failed the gate): OpenVINO runs the fp32 encoder, and the
+    int8 QDQ graphs (gated on ONNX Runtime) are not handed to OpenVINO, which was 1.3 px off on them."""
     names = {a.name: (a.kind, a.precision) for a in bundle.encoders()}
-    assert names == {"encoder.onnx": ("onnx", "fp32"), "encoder.int8.xml": ("openvino-ir", "int8"),
-                     "fused.int8.onnx": ("onnx", "int8")}
+    assert names == {"encoder.onnx": ("onnx", "fp32"), "encoder.int8.onnx": ("onnx", "int8")}
+    for a in bundle.artifacts:
+        if a.precision == "int8":
+            assert a.attrs["accuracy"]["engine"] == "onnxruntime"
 
 
 def test_a_rolled_face_gets_an_upright_crop(astronaut):

@@ -141,3 +141,20 @@ def test_no_warning_when_the_first_works_and_error_when_none_does(tiny_onnx, bro
         open_with_fallback([make_runner("onnxruntime", broken_onnx)])
     with pytest.raises(RunnerError, match="at least one candidate"):
         open_with_fallback([])
+
+
+def test_int8_artifacts_run_only_on_the_engine_they_were_gated_on():
+    from smirk_edge.bundle import Artifact
+    from smirk_edge.runtimes.base import RunnerError
+    from smirk_edge.runtimes.registry import gated_for_engine, select_engine
+
+    int8 = Artifact("onnx", "int8", "encoder.int8.onnx", attrs={"accuracy": {"engine": "onnxruntime", "passed": True}})
+    fp32 = Artifact("onnx", "fp32", "encoder.onnx", attrs={"accuracy": {"engine": "onnxruntime", "passed": True}})
+    assert gated_for_engine(int8, "onnxruntime") and not gated_for_engine(int8, "openvino")
+    assert gated_for_engine(fp32, "openvino")  # float graphs run anywhere
+    assert gated_for_engine(Artifact("onnx", "int8", "x.onnx"), "openvino")  # no gate engine recorded
+    sel = select_engine([fp32, int8], "openvino", None, installed={"openvino", "onnxruntime"})
+    assert sel.artifact.path == "encoder.onnx"
+    with pytest.raises(RunnerError):
+        select_engine([int8], "openvino", "int8", installed={"openvino"})
+    assert select_engine([fp32, int8], "auto", "int8", installed={"openvino", "onnxruntime"}).engine == "onnxruntime"
