@@ -48,11 +48,11 @@ def test_default_bundle_skips_ungated_int8_onnx(monkeypatch, caplog, flags, skip
     b = Bundle(default_bundle_path())
     with caplog.at_level(logging.INFO, logger="smirk_edge.bundle"):
         names = [a.name for a in b.runnable_encoders()]
-    assert ("encoder.int8.onnx" not in names) == skipped
+    assert ("fused.int8.onnx" not in names) == skipped
     assert "encoder.onnx" in names  # the fp32 encoder runs on every CPU class
     assert bool(b.skipped_for_cpu) == skipped
     if skipped:
-        assert "encoder.int8.onnx skipped" in caplog.text and "avx" in caplog.text
+        assert "fused.int8.onnx skipped" in caplog.text and "avx" in caplog.text
 
 
 @pytest.mark.onnxruntime
@@ -65,12 +65,12 @@ def test_reconstructor_falls_back_to_fp32_when_int8_onnx_is_not_for_this_cpu(mon
         rec = Reconstructor(backend="onnxruntime", precision="int8", threads=1)
     with rec:
         assert rec.artifact.name == "encoder.onnx" and rec.artifact.precision == "fp32"
-        assert "encoder.int8.onnx skipped" in rec.selection_reason
+        assert "fused.int8.onnx skipped" in rec.selection_reason
     monkeypatch.setenv(cpu.FLAGS_ENV, AMX)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         with Reconstructor(backend="onnxruntime", precision="int8", threads=1) as rec:
-            assert rec.artifact.name == "encoder.int8.onnx"
+            assert rec.artifact.name == "fused.int8.onnx"
 
 
 @pytest.mark.onnxruntime
@@ -84,9 +84,9 @@ def test_selftest_of_shipped_bundle_per_cpu_class(monkeypatch, capsys, flags, ap
     out = capsys.readouterr().out
     assert f"CPU class: {cpu.cpu_class()}" in out
     rows = [line for line in out.splitlines() if line.startswith("| ") and ".int8.onnx" in line]
-    assert len(rows) == 2 and all(("not for this CPU" in r) == (not applies) for r in rows), rows
+    assert len(rows) == 1 and all(("not for this CPU" in r) == (not applies) for r in rows), rows
     if not applies:
-        assert "not counted:" in out and "encoder.int8.onnx" in out and "1/1 artifacts valid on this CPU" in out
+        assert "not counted:" in out and "fused.int8.onnx" in out and "1/1 artifacts valid on this CPU" in out
     # on this (VNNI) machine the int8 artifact is right, so the verdict is PASS either way; on an AVX2
     # machine its measured row fails but no longer fails the selftest
     assert code == 0
