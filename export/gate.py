@@ -200,6 +200,19 @@ def accuracy_metrics(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray
     return metrics
 
 
+def torch_outputs(encoder: Any, x: np.ndarray, batch: int = 32) -> dict[str, np.ndarray]:
+    """fp32 torch outputs of ``encoder`` for ``x (N, 3, 224, 224)``: the gate's reference."""
+    import torch
+
+    parts: dict[str, list[np.ndarray]] = {}
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            out = encoder(torch.from_numpy(np.ascontiguousarray(x[i:i + batch])))
+            for k, v in out.items():
+                parts.setdefault(k, []).append(v.float().numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
 def check(metrics: Mapping[str, float], thresholds: Thresholds) -> list[str]:
     """Human-readable failures (empty when every bound holds; NaN always fails)."""
     failures = []

@@ -7,10 +7,11 @@ Steps (:func:`export_bundle`):
    (:func:`~smirk_edge.export.calibration.collect_crops`), split into held-back crops for the
    accuracy gate (first ``gate_count``) and calibration crops (the rest; disjoint);
 3. fp32 torch outputs of the held-back crops: the reference;
-4. build each requested artifact (ONNX fp32/fp16/int8, the TensorRT-ready int8 QDQ ONNX,
-   OpenVINO IR fp32/fp16/int8, fused graphs), timing each step;
-5. gate every artifact against the reference (:mod:`.gate`); a failing one is not written unless
-   ``allow_degraded`` (then written with ``attrs["degraded"] = true``);
+4. build each requested artifact kind of the table in :mod:`.kinds` (ONNX fp32/fp16/int8, the
+   TensorRT-ready int8 QDQ ONNX, fused graphs, OpenVINO IR fp32/fp16/int8), timing each step;
+   a kind is added there, as a builder and one row, not here;
+5. gate every artifact against the reference (:mod:`.gate`) on its kind's engine; a failing one
+   is not written unless ``allow_degraded`` (then written with ``attrs["degraded"] = true``);
 6. write ``face_model.npz``, the BlazeFace detector models (when shipped), ``golden.npz``
    (the first ``golden_count`` held-back crops and their reference outputs), ``MODEL_CARD.md``
    and the manifest.
@@ -31,8 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from smirk_edge._version import __version__
 from smirk_edge.bundle import Bundle, BundleWriter
 from smirk_edge.errors import FaceModelError, InputError
@@ -40,16 +39,15 @@ from smirk_edge.face_model import FaceModel
 from smirk_edge.provenance import card_lines
 
 from .calibration import MIN_CALIBRATION_CROPS, CropSet, collect_crops, jittered_crops
-from .gate import DEFAULT_THRESHOLDS, Comparator, GateError, GateResult, Thresholds, format_table
+from .gate import DEFAULT_THRESHOLDS, Comparator, GateError, GateResult, Thresholds, format_table, torch_outputs
 from .golden import DEFAULT_GOLDEN_COUNT, GOLDEN_FILE, write_golden
+from .kinds import FORMATS, KINDS_BY_NAME, PRECISIONS, ArtifactKind, BuildContext, Made, kinds_for
 from .metadata import model_metadata
 
 log = logging.getLogger(__name__)
 #: calibration crops that choose the int8 mixed-precision rung (the gate uses its own held-back crops)
 SELECTION_CROPS = 200
 
-FORMATS = ("onnx", "openvino", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
 GATE_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 """CPU flags recorded with each gate row (they decide the int8 kernels, smirk_edge.cpu)."""
 MIN_GATE_CROPS = 200
@@ -182,19 +180,6 @@ def _variant(ckpt: Any, encoder: Any) -> str:
     return "full" if cfg == EncoderConfig.full() else ("tiny" if cfg == EncoderConfig.tiny() else "custom")
 
 
-def torch_outputs(encoder: Any, x: np.ndarray, batch: int = 32) -> dict[str, np.ndarray]:
-    """fp32 torch outputs of ``encoder`` for ``x (N, 3, 224, 224)``: the gate's reference."""
-    import torch
-
-    parts: dict[str, list[np.ndarray]] = {}
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            out = encoder(torch.from_numpy(np.ascontiguousarray(x[i:i + batch])))
-            for k, v in out.items():
-                parts.setdefault(k, []).append(v.float().numpy())
-    return {k: np.concatenate(v) for k, v in parts.items()}
-
-
 def _timed(timings: dict[str, float], key: str, fn: Callable[[], Any]) -> Any:
     start = time.perf_counter()
     out = fn()
@@ -205,12 +190,12 @@ def _timed(timings: dict[str, float], key: str, fn: Callable[[], Any]) -> Any:
 def export_bundle(opts: ExportOptions) -> ExportReport:
     """Run the whole export (see the module docstring). Returns the report; raises GateError on failures."""
     opts.validate()
+    kinds = kinds_for(opts.formats, opts.precisions, opts, opts.keep)
     from smirk_edge.runtimes.registry import make_runner
     from smirk_edge.training.checkpoint import build_encoder, read_checkpoint
-    from smirk_edge.training.face_model import FaceModelLayer
 
-    from . import mixed_precision, onnx_export, openvino_export, quantize
     from .calibration import warn_if_small
+    from .onnx_export import OPSET
 
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -254,7 +239,7 @@ def export_bundle(opts: ExportOptions) -> ExportReport:
     int8_class = opts.int8_cpu_class or gate_class
     metadata = model_metadata(
         encoder_variant=variant, checkpoint_sha256=ckpt.sha256, face_model_id=face_model.model_id,
-        face_model_vertices=face_model.n_vertices, opset=onnx_export.OPSET, crop_scale=crops.scale,
+        face_model_vertices=face_model.n_vertices, opset=OPSET, crop_scale=crops.scale,
         extra={"gate_thresholds": {p: t.to_json() for p, t in thresholds.items()}})
 
     x_held = held.tensor()
@@ -263,116 +248,22 @@ def export_bundle(opts: ExportOptions) -> ExportReport:
     out = Path(opts.output)
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
-    built: list[Built] = []
     try:
-        # ---- build ---------------------------------------------------------------------------
-        fp32 = onnx_export.export_encoder(encoder, stage / "encoder.onnx", metadata)
-        onnx_files: dict[str, tuple[Path, dict]] = {"fp32": (fp32.path, {"seconds": {"export": round(fp32.seconds, 3)},
-                                                                         "opset": onnx_export.OPSET,
-                                                                         "nodes": fp32.nodes})}
-        cal_feeds = calib.feeds(batch=1)
-        say = (lambda m: log.info(m)) if not opts.progress else (lambda m: print(m, flush=True))
-        int8_bounds = thresholds.get("int8", DEFAULT_THRESHOLDS["int8"])
-        sel_set = calib.subset(slice(0, min(SELECTION_CROPS, len(calib)))) if need_calib else None
-        sel_ref: dict = {}
-
-        def selector(path, engine):
-            """Gate metrics of an int8 artifact on the selection crops (calibration crops, never
-            the gate's held-back ones)."""
-            from .gate import accuracy_metrics
-
-            x_sel = sel_set.tensor()
-            if not sel_ref:
-                sel_ref.update(torch_outputs(encoder, x_sel))
-            runner = make_runner(engine, path, precision="int8")
-            with runner:
-                outs = [runner.infer({"image": x_sel[i:i + 16]}) for i in range(0, len(x_sel), 16)]
-            got = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-            return accuracy_metrics(sel_ref, got, face_model)
-
-        def int8_passes(m):
-            from .gate import check
-
-            return not check(m, int8_bounds)
-        if "onnx" in opts.formats or opts.fused:
-            if "fp16" in opts.precisions:
-                r = quantize.to_fp16(fp32.path, stage / "encoder.fp16.onnx")
-                onnx_files["fp16"] = (r.path, {"seconds": {"export": round(fp32.seconds, 3), "quantize": round(r.seconds, 3)},
-                                               "opset": onnx_export.OPSET})
-            if "int8" in opts.precisions:
-                t_q = time.perf_counter()
-
-                def build_ort(rung, _dst=stage / "encoder.int8.onnx"):
-                    return quantize.quantize_int8(fp32.path, _dst, cal_feeds, flavour="x86",
-                                                  exclude_op_types=opts.int8_exclude_op_types, progress=opts.progress,
-                                                  calibration_count=len(calib), keep_activations=rung is not None,
-                                                  rung=rung, reduce_range=not has_vnni(int8_class))
-
-                if opts.int8_mixed:
-                    r, ladder = mixed_precision.climb(
-                        build_ort, lambda res: selector(res.path, "onnxruntime"), int8_passes, say=say)
-                    r.details["mixed_precision"] = ladder.to_json()
-                else:
-                    r = build_ort(None)
-                onnx_files["int8"] = (r.path, {"seconds": {"export": round(fp32.seconds, 3),
-                                                           "quantize": round(time.perf_counter() - t_q, 3)},
-                                               "opset": onnx_export.OPSET, "quantization": r.details})
-        if "onnx" in opts.formats:
-            for p, (path, attrs) in onnx_files.items():
-                if p in opts.precisions:
-                    built.append(Built(path.name, "onnx", "encoder", p, [path], "onnxruntime", dict(attrs)))
-        if "tensorrt" in opts.formats and "int8" in opts.precisions:
-            r = quantize.quantize_int8(fp32.path, stage / "encoder.int8-tensorrt.onnx", cal_feeds, flavour="tensorrt",
-                                       progress=opts.progress, calibration_count=len(calib))
-            built.append(Built(r.path.name, "onnx", "encoder", "int8", [r.path], "onnxruntime",
-                               {"seconds": {"export": round(fp32.seconds, 3), "quantize": round(r.seconds, 3)},
-                                "opset": onnx_export.OPSET, "quantization": r.details, "intended_engine": "tensorrt"}))
-        if opts.fused:
-            dec = onnx_export.export_decoder(FaceModelLayer(face_model.arrays, face_model.model_id), stage / "decoder.onnx")
-            for p, (path, attrs) in onnx_files.items():
-                if p not in opts.precisions:
-                    continue
-                name = "fused.onnx" if p == "fp32" else f"fused.{p}.onnx"
-                f = onnx_export.fuse(path, dec.path, stage / name, metadata, p)
-                secs = dict(attrs["seconds"])
-                secs["fuse"] = round(dec.seconds + f.seconds, 3)
-                built.append(Built(name, "onnx", "fused", p, [f.path], "onnxruntime",
-                                   {**attrs, "seconds": secs, "nodes": f.nodes}))
-        if "openvino" in opts.formats:
-            for p in opts.precisions:
-                stem = "encoder" if p == "fp32" else f"encoder.{p}"
-                if opts.keep is not None and f"{stem}.xml" not in opts.keep:
-                    continue
-                t_c = time.perf_counter()
-
-                def build_ir(rung, _p=p, _stem=stem):
-                    return openvino_export.to_ir(fp32.path, stage / f"{_stem}.xml", _p, metadata,
-                                                 calibration=cal_feeds if _p == "int8" else None,
-                                                 calibration_count=len(calib) if _p == "int8" else None, rung=rung)
-
-                if p == "int8" and opts.int8_mixed:
-                    r, ladder = mixed_precision.climb(build_ir, lambda res: selector(res.xml, "openvino"),
-                                                      int8_passes, say=say)
-                    r.details["mixed_precision"] = ladder.to_json()
-                else:
-                    r = build_ir(None)
-                secs = {"export": round(fp32.seconds, 3), "convert": round(time.perf_counter() - t_c, 3)}
-                built.append(Built(r.xml.name, "openvino-ir", "encoder", p, r.files, "openvino",
-                                   {"seconds": secs, **({"quantization": r.details} if p == "int8" else {})}))
-
-        if opts.keep is not None:
-            unknown = sorted(set(opts.keep) - {b.name for b in built})
-            if unknown:
-                raise InputError(f"--keep names artifacts this export does not make: {unknown}; it makes "
-                                 f"{sorted(b.name for b in built)}")
-            built = [b for b in built if b.name in set(opts.keep)]
+        # ---- build: every kind the options ask for, in table order (kinds.py) -------------------
+        ctx = BuildContext(stage=stage, encoder=encoder, checkpoint=ckpt, face_model=face_model, metadata=metadata,
+                           calib=calib, reduce_range=not has_vnni(int8_class),
+                           exclude_op_types=opts.int8_exclude_op_types, progress=opts.progress,
+                           int8_mixed=opts.int8_mixed, int8_bounds=thresholds.get("int8", DEFAULT_THRESHOLDS["int8"]),
+                           selection_crops=SELECTION_CROPS, kinds=KINDS_BY_NAME,
+                           say=(lambda m: log.info(m)) if not opts.progress else (lambda m: print(m, flush=True)))
+        built = [(kind, _record(kind, ctx.made(kind.name))) for kind in kinds]
 
         # ---- gate ------------------------------------------------------------------------------
         cmp = Comparator(x_held, face_model, opts.report_dir)
         cmp.set_reference("torch-fp32", reference)
         writer = BundleWriter(out, metadata, overwrite=True)
         written, rejected = [], []
-        for b in built:
+        for kind, b in built:
             runner = make_runner(b.engine, b.files[0], precision=b.precision)
             row = cmp.run(b.name, runner, b.precision, thresholds.get(b.precision), b.engine)
             b.attrs["accuracy"] = {**{k: round(v, 6) for k, v in row.metrics.items()},
@@ -380,7 +271,7 @@ def export_bundle(opts: ExportOptions) -> ExportReport:
                                    "thresholds": row.thresholds.to_json(), "passed": row.passed,
                                    "cpu_class": gate_class,
                                    "cpu_flags": sorted(f for f in cpu_flags() if f in GATE_FLAGS)}
-            if b.precision == "int8" and b.kind == "onnx" and b.attrs.get("intended_engine") is None:
+            if kind.cpu_bound:
                 b.attrs["cpu_classes"] = [gate_class]  # what the gate ran on (smirk_edge.cpu.int8_valid_classes)
             if row.passed or opts.allow_degraded:
                 if not row.passed:
@@ -417,8 +308,8 @@ def export_bundle(opts: ExportOptions) -> ExportReport:
         timings["total"] = round(time.perf_counter() - t_all, 3)
         card = stage / "MODEL_CARD.md"
         notes = Path(opts.card_notes).read_text(encoding="utf-8") if opts.card_notes else None
-        card.write_text(model_card(ckpt, variant, face_model, held, calib, cmp.results, built, timings, notes),
-                        encoding="utf-8")
+        card.write_text(model_card(ckpt, variant, face_model, held, calib, cmp.results, [b for _, b in built],
+                                   timings, notes), encoding="utf-8")
         writer.add("model_card", "model-card", "model_card", card, move=True)
         writer.metadata["export"] = {"held_back": held.describe(), "calibration": calib.describe(),
                                      "timings": timings, "rejected": rejected}
@@ -431,6 +322,12 @@ def export_bundle(opts: ExportOptions) -> ExportReport:
                         f"({', '.join(rejected)}); rerun with --allow-degraded to keep them marked degraded.\n"
                         + report.table(), cmp.results)
     return report
+
+
+def _record(kind: ArtifactKind, made: Made) -> Built:
+    """The manifest record of one built kind (its attrs copied: the gate adds to them)."""
+    return Built(kind.file, kind.manifest_kind, kind.role, kind.precision, list(made.files), kind.engine,
+                 {**made.attrs, **kind.attrs})
 
 
 def _detector_models() -> list[Path]:
