@@ -354,7 +354,7 @@ def contact_sheet(dataset, path, count: int = 16, columns: int = 8, seed: int = 
     (a sheet of one photo's augmentations); else faces are drawn in turn."""
     from pathlib import Path
 
-    from .data import ndc_to_crop_px
+    from smirk_edge.camera import ndc_to_pixels
 
     S = dataset.size
     tiles = []
@@ -362,9 +362,9 @@ def contact_sheet(dataset, path, count: int = 16, columns: int = 8, seed: int = 
         i = index if index is not None else k % len(dataset)
         v = dataset.crop(dataset.table.read(i), i, np.random.default_rng([seed, k]))
         img = np.ascontiguousarray((v["image"].transpose(1, 2, 0)[..., ::-1] * 255).clip(0, 255).astype(np.uint8))
-        for (x, y) in ndc_to_crop_px(v["landmarks105"], S):
+        for (x, y) in ndc_to_pixels(v["landmarks105"], S):
             cv2.circle(img, (int(round(x)), int(round(y))), 1, (255, 220, 0), -1)
-        for (x, y), r in zip(ndc_to_crop_px(v["landmarks68"], S), v["real68"]):
+        for (x, y), r in zip(ndc_to_pixels(v["landmarks68"], S), v["real68"]):
             cv2.circle(img, (int(round(x)), int(round(y))), 2, (0, 220, 0) if r else (0, 0, 230), -1)
         tiles.append(cv2.resize(img, (tile, tile), interpolation=cv2.INTER_AREA))
     rows = [np.concatenate(tiles[r:r + columns] + [np.zeros_like(tiles[0])] * max(0, r + columns - len(tiles)), 1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Mapping
 
@@ -23,6 +24,13 @@ from ..errors import FaceModelError
 
 FORMAT_NAME = "smirk-edge-face-model"
 FORMAT_VERSION = 1
+STANDIN_FILE = "standin_face_model.npz"
+
+
+def standin_path() -> Path:
+    """Path of the stand-in face model shipped in ``smirk_edge/assets`` (see its NOTICE)."""
+    return Path(str(resources.files("smirk_edge.assets").joinpath(STANDIN_FILE)))
+
 
 N_SHAPE = 300
 N_EXPRESSION = 50

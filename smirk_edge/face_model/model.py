@@ -133,9 +133,7 @@ class FaceModel:
     @classmethod
     def standin(cls) -> "FaceModel":
         """The redistributable stand-in face model shipped with the package."""
-        from . import standin_path
-
-        return cls.load(standin_path())
+        return cls.load(fmt.standin_path())
 
     # ------------------------------------------------------------------ decoding
     def decode(self, shape=None, expression=None, pose=None, jaw=None, eyelid=None,
