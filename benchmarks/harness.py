@@ -15,8 +15,8 @@ collects the rows it writes. Then it writes, in ``-o DIR``:
 and prints a one-line summary.
 
 Without ``--bundle`` the harness builds a benchmark bundle first (:mod:`.bundle_setup`: the full
-encoder with random weights, ONNX fp32 + int8, OpenVINO IR fp32 + int8, gated on real face crops
-when ../shared/data is present) and reuses it on later runs (``--bundle-cache``).
+encoder with random weights through ``smirk_edge.export``: ONNX fp32 + int8, OpenVINO IR fp32 +
+int8, gated on real face crops of ../shared/data) and reuses it on later runs (``--bundle-cache``).
 """
 
 from __future__ import annotations
@@ -66,19 +66,6 @@ class BenchOptions:
     plots: bool = True
     keep_work: bool = False
     quiet: bool = False
-
-
-def model_info(bundle) -> dict:
-    """Encoder variant, weights note, checkpoint hash and face model of a bundle (either metadata layout:
-    the export toolchain's nested ``source_checkpoint`` / ``face_model``, or flat keys)."""
-    meta = bundle.metadata
-    src = meta.get("source_checkpoint") if isinstance(meta.get("source_checkpoint"), dict) else {}
-    fm = meta.get("face_model") if isinstance(meta.get("face_model"), dict) else {}
-    sha = src.get("sha256") or meta.get("checkpoint_sha256") or ""
-    return {"encoder_variant": src.get("encoder_variant") or meta.get("encoder_variant"),
-            "weights": meta.get("weights", "as exported (see the bundle's MODEL_CARD.md)"),
-            "checkpoint_sha256": str(sha)[:16] or None,
-            "face_model_id": fm.get("id") or meta.get("face_model_id"), "bundle": str(bundle.root)}
 
 
 def _log(opts: BenchOptions, msg: str) -> None:
@@ -212,6 +199,7 @@ def run_bench(opts: BenchOptions) -> tuple[list[dict], dict[str, Path]]:
 
     from . import report
     from .inputs import make_input
+    from .runs import model_info
 
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)

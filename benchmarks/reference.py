@@ -12,13 +12,14 @@ Written from SMIRK_FACTS.md (no code of the official release is used):
   ``skimage.transform.warp(order=1)`` computes), then back to uint8 and to a float tensor / 255.
 * **encode**: the full encoder in torch eager fp32 **with autograd on** (no ``no_grad`` /
   ``inference_mode``), as the upstream demo calls it.
-* **decode**: the FLAME-format decoder as a torch module (:class:`~smirk_edge.training.face_model.FaceModelLayer`),
+* **decode**: the FLAME-format decoder as a torch module (:class:`smirk_edge.training.FaceModelLayer`),
   autograd on.
 * **project**: the orthographic camera and the inverse crop transform in torch, landmarks and
   vertices back to numpy.
 
-The encoder weights are random (timing does not depend on them); the architecture follows the
-bundle's ``encoder_variant`` (``full`` unless the bundle says otherwise).
+The encoder weights are random (timing does not depend on them; :func:`smirk_edge.training.random_encoder`,
+seed 0); the architecture follows the bundle's ``encoder_variant`` (``full`` unless the bundle says
+otherwise). The torch model comes from the public names of :mod:`smirk_edge.training` only.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def warp_float64(image: np.ndarray, inverse: np.ndarray, size: int = 224, cval: 
 
 
 def _variant(bundle) -> str:
-    from .harness import model_info
+    from .runs import model_info
 
     v = str(model_info(bundle).get("encoder_variant") or "full")
     return v if v in ("full", "tiny") else "full"
@@ -76,8 +77,7 @@ def run_reference(cfg: dict) -> list[dict]:
 
     from smirk_edge.bundle import Bundle
     from smirk_edge.crop import crop_from_box
-    from smirk_edge.training.encoder import EncoderConfig, SmirkEncoder
-    from smirk_edge.training.face_model import FaceModelLayer, project_ndc
+    from smirk_edge.training import FaceModelLayer, project_ndc, random_encoder
 
     from .runs import PlacementFallback, base_row, load_inputs, peak_rss_mb, row, single
 
@@ -88,10 +88,7 @@ def run_reference(cfg: dict) -> list[dict]:
     frames, boxes, _ = load_inputs(cfg["inputs"])
     bundle = Bundle(cfg["bundle"])
     t0 = time.perf_counter()
-    torch.manual_seed(0)
-    enc = SmirkEncoder(EncoderConfig.named(_variant(bundle)))
-    enc.init_weights()
-    enc.eval()
+    enc = random_encoder(_variant(bundle), seed=0)
     layer = FaceModelLayer.from_file(bundle.main_path(bundle.find(role="face_model")[0]))
     mp = cfg.get("mediapipe")  # {"landmarks_box": [[x0,y0,x1,y1] per frame], "samples_ms": [...], ...}
     detector = None

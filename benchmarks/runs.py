@@ -1,7 +1,8 @@
-"""What every measured benchmark run shares: its inputs, its rows, its memory peak, its thread setting.
+"""What every measured benchmark run shares: its inputs, its rows, its memory peak, its thread
+setting, what the bundle says of its model.
 
-Used by :mod:`.worker` (the SDK's paths) and :mod:`.reference` (the official code's path), so
-neither imports the other.
+Used by :mod:`.worker` (the SDK's paths), :mod:`.reference` (the official code's path) and
+:mod:`.harness` (the parent), so none of them imports another.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 
 from .stats import ROW_FIELDS, summarize
 
-__all__ = ["PlacementFallback", "base_row", "load_inputs", "peak_rss_mb", "row", "set_threads", "single"]
+__all__ = ["PlacementFallback", "base_row", "load_inputs", "model_info", "peak_rss_mb", "row", "set_threads",
+           "single"]
 
 
 def peak_rss_mb() -> float:
@@ -102,3 +104,16 @@ def set_threads(threads: int | None) -> None:
         import cv2
 
         cv2.setNumThreads(int(threads))
+
+
+def model_info(bundle) -> dict:
+    """Encoder variant, weights note, checkpoint hash and face model of a bundle (either metadata layout:
+    the export toolchain's nested ``source_checkpoint`` / ``face_model``, or flat keys)."""
+    meta = bundle.metadata
+    src = meta.get("source_checkpoint") if isinstance(meta.get("source_checkpoint"), dict) else {}
+    fm = meta.get("face_model") if isinstance(meta.get("face_model"), dict) else {}
+    sha = src.get("sha256") or meta.get("checkpoint_sha256") or ""
+    return {"encoder_variant": src.get("encoder_variant") or meta.get("encoder_variant"),
+            "weights": meta.get("weights", "as exported (see the bundle's MODEL_CARD.md)"),
+            "checkpoint_sha256": str(sha)[:16] or None,
+            "face_model_id": fm.get("id") or meta.get("face_model_id"), "bundle": str(bundle.root)}

@@ -1,1 +1,42 @@
-"""smirk_edge.training"""
+"""smirk_edge.training: SMIRK in torch (encoder, face-model layer, checkpoints), training, evaluation,
+and the tools that fit a model to data (box calibration, detector recall).
+
+The public entry point is this package's ``__all__``: the torch model of SMIRK, for code outside
+training (the reference path of ``smirk_edge.benchmarks``; the export toolchain builds on the
+modules themselves). Importing the package loads no torch: each name is imported on first use.
+
+========================  ================================================================================
+name                      what
+========================  ================================================================================
+``random_encoder``        an encoder with random weights and SMIRK's head initialisation, seeded, eval mode
+``load_encoder``          an encoder from a checkpoint in the official layout (``"default"``: the default model's)
+``save_checkpoint``       write an encoder (and generator) in the official flat layout
+``SmirkEncoder``          the three encoders: ``image (B, 3, 224, 224)`` in [0, 1] -> dict of parameters
+``EncoderConfig``         backbones of the ``full`` (official) and ``tiny`` (test) variants
+``OUTPUT_NAMES``          the encoder's outputs in order
+``FaceModelLayer``        the face model as a torch module (``from_file(npz)``): vertices and landmarks, metres
+``project_ndc``           SMIRK's orthographic camera in torch: model frame -> NDC of the crop
+========================  ================================================================================
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["EncoderConfig", "FaceModelLayer", "OUTPUT_NAMES", "SmirkEncoder", "load_encoder", "project_ndc",
+           "random_encoder", "save_checkpoint"]
+
+_HOME = {"EncoderConfig": "encoder", "OUTPUT_NAMES": "encoder", "SmirkEncoder": "encoder",
+         "FaceModelLayer": "face_model", "project_ndc": "face_model",
+         "load_encoder": "checkpoint", "random_encoder": "checkpoint", "save_checkpoint": "checkpoint"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -183,3 +183,31 @@ def test_report_names_each_invocation_once_without_the_subcommand():
     assert "`smirk-edge bench --quick -o out`" in text and "bench bench" not in text
     assert text.count("smirk-edge bench --quick -o out") == 1
     assert "`benchmarks/gpu_entry.sh --quick`" in text
+
+
+def test_bench_bundle_needs_face_photos(monkeypatch, tmp_path):
+    from smirk_edge.benchmarks import bundle_setup
+    from smirk_edge.errors import InputError
+
+    monkeypatch.setattr(bundle_setup, "calibration_photos", lambda: None)
+    with pytest.raises(InputError, match="--bundle DIR"):
+        bundle_setup.build_bench_bundle(tmp_path / "b", log=lambda m: None)
+
+
+@pytest.mark.slow
+@needs_torch
+def test_bench_bundle_is_exported_with_the_gate(tmp_path):
+    """The benchmark bundle comes from smirk_edge.export (gated, every artifact carries its accuracy)."""
+    pytest.importorskip("openvino", reason="needs openvino (pip install \"smirk-edge[export]\")")
+    pytest.importorskip("nncf", reason="needs nncf (pip install \"smirk-edge[export]\")")
+    from smirk_edge.benchmarks import bundle_setup
+
+    if bundle_setup.calibration_photos() is None:
+        pytest.skip("needs ../shared/data/faces/utkface")
+    b = bundle_setup.build_bench_bundle(tmp_path / "bench", variant="tiny", log=lambda m: None)
+    assert b.metadata["weights"] == bundle_setup.WEIGHTS_NOTE
+    names = sorted(a.name for a in b.encoders())
+    assert names == ["encoder.int8.onnx", "encoder.int8.xml", "encoder.onnx", "encoder.xml"]
+    assert all("accuracy" in a.attrs for a in b.encoders())
+    again = bundle_setup.build_bench_bundle(tmp_path / "bench", variant="tiny", log=lambda m: None)
+    assert again.root == b.root
