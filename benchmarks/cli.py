@@ -1,8 +1,6 @@
-"""``smirk-edge bench``: argument parsing (light: argparse only) and the handler.
-
-Wire into ``smirk_edge/cli.py``'s ``SUBCOMMANDS`` as
-``"bench": Subcommand("latency, throughput and memory per stage and engine; JSON/CSV/Markdown/plots",
-"smirk_edge.benchmarks.cli")``.
+"""``smirk-edge bench`` (and ``python -m smirk_edge.benchmarks``): its ``add_arguments`` / ``run``
+pair, named by the ``bench`` row of :data:`smirk_edge.cli.SUBCOMMANDS`. Light at import
+(argparse only).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import importlib
 import json
 import sys
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from ._version import __version__
 from .errors import SmirkEdgeError, install_hint
@@ -63,22 +63,22 @@ def info_add_arguments(p: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class Subcommand:
-    """One subcommand, declared one way: the module and the names of its two entry points.
+    """One subcommand, declared the one way: a module and the names of its two functions there.
 
-    ``module.<add_arguments>(parser)`` declares the arguments and ``module.<run>(args) -> int`` runs
-    them. With ``own_parser=True`` the module parses its own arguments: ``module.<run>(argv) -> int``.
-    The module must be light to import (argparse only at module level): ``run`` imports the heavy
-    parts, so ``smirk-edge --help`` and device-side commands never load torch.
+    ``module.<add_arguments>(parser)`` declares the arguments (it may set ``parser.description``)
+    and ``module.<run>(args) -> int`` runs them and returns the exit code. A module with one
+    subcommand names them ``add_arguments`` / ``run``; a module with several, ``<command>_add_arguments``
+    / ``<command>_run``. The module must be light to import (argparse only at module level):
+    ``run`` imports the heavy parts, so ``smirk-edge --help`` and device-side commands never load
+    torch. :func:`main`, :func:`run_command` (a ``python -m`` entry point of one subcommand) and
+    the training launcher (``python -m smirk_edge.training.cli``) all build their parsers from
+    these rows.
     """
 
     help: str
     module: str
     add_arguments: str = "add_arguments"
     run: str = "run"
-    own_parser: bool = False
-
-    def entry(self) -> Callable:
-        return getattr(importlib.import_module(self.module), self.run)
 
     def resolve(self) -> tuple[Callable, Callable]:
         mod = importlib.import_module(self.module)
@@ -102,11 +102,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "pack": Subcommand("pack annotated photos into compact training shards", _TRAINING, "pack_add_arguments",
                        "pack_run"),
     "export": Subcommand("export a checkpoint to a gated bundle: ONNX fp32/fp16/int8, OpenVINO IR, fused graph",
-                         _EXPORT, run="export_main", own_parser=True),
+                         _EXPORT, "export_add_arguments", "export_run"),
     "build-engine": Subcommand("build a TensorRT 10 engine from a bundle on the target GPU",
-                               _EXPORT, run="build_engine_main", own_parser=True),
+                               _EXPORT, "build_engine_add_arguments", "build_engine_run"),
     "selftest": Subcommand("check a bundle's engine against the golden fp32 outputs on this machine",
-                           _EXPORT, run="selftest_main", own_parser=True),
+                           _EXPORT, "selftest_add_arguments", "selftest_run"),
     "bench": Subcommand("latency, throughput and memory per stage and engine; JSON/CSV/Markdown/plots",
                         "smirk_edge.benchmarks.cli"),
     "convert-flame": Subcommand("convert licensed FLAME 2020 + SMIRK assets into a smirk-edge face model (.npz)",
@@ -114,14 +114,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smirk-edge", description="SMIRK 3D face reconstruction on edge engines.")
+def build_parser(commands: Mapping[str, Subcommand] | None = None, prog: str = "smirk-edge") -> argparse.ArgumentParser:
+    """The parser of ``prog``: one subparser per row of ``commands`` (default :data:`SUBCOMMANDS`)."""
+    parser = argparse.ArgumentParser(prog=prog, description="SMIRK 3D face reconstruction on edge engines.")
     parser.add_argument("--version", action="version", version=f"smirk-edge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, spec in SUBCOMMANDS.items():
-        if spec.own_parser:  # parses its own arguments; listed here for --help only
-            sub.add_parser(name, help=spec.help, description=spec.help, add_help=False)
-            continue
+    for name, spec in (SUBCOMMANDS if commands is None else commands).items():
         add_arguments, run = spec.resolve()
         p = sub.add_parser(name, help=spec.help, description=spec.help)
         add_arguments(p)
@@ -129,28 +127,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS and SUBCOMMANDS[argv[0]].own_parser:
-        entry = SUBCOMMANDS[argv[0]].entry()
-        try:
-            return int(entry(argv[1:]) or 0)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "handler", None) is None:
-        parser.print_help()
-        return 2
+def _handle(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, label: str) -> int:
+    """Run a handler: typed errors become one line on stderr and exit code 1, Ctrl-C 130."""
     try:
-        return int(args.handler(args) or 0)
+        return int(run(args) or 0)
     except SmirkEdgeError as exc:
-        print(f"smirk-edge {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{label}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: Sequence[str] | None = None, commands: Mapping[str, Subcommand] | None = None,
+         prog: str = "smirk-edge") -> int:
+    """``smirk-edge COMMAND ...`` (or ``prog`` over a subset of the rows); returns the exit code."""
+    parser = build_parser(commands, prog)
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 2
+    return _handle(args.handler, args, f"{prog} {args.command}")
+
+
+def run_command(command: str | Subcommand, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """One subcommand alone: ``run_command("export", argv)`` is ``smirk-edge export ARGV``.
+
+    What a module's ``python -m`` entry point and the ``*_main(argv)`` functions call. ``command``
+    is a row name of :data:`SUBCOMMANDS`, or a :class:`Subcommand` of a tool that is no
+    ``smirk-edge`` subcommand (then ``prog`` is required); ``prog`` names the command in usage and
+    error lines (default ``smirk-edge NAME``).
+    """
+    if isinstance(command, Subcommand):
+        if prog is None:
+            raise TypeError("run_command(Subcommand(...)) needs prog, the name the command is run by")
+        spec = command
+    else:
+        spec, prog = SUBCOMMANDS[command], prog or f"smirk-edge {command}"
+    add_arguments, run = spec.resolve()
+    parser = argparse.ArgumentParser(prog=prog, description=spec.help)
+    add_arguments(parser)
+    return _handle(run, parser.parse_args(list(sys.argv[1:] if argv is None else argv)), prog)
 
 
 if __name__ == "__main__":

@@ -739,9 +739,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``smirk-edge annotate``; prints a one-line summary. Exit code 0, or 130 on Ctrl-C."""
-    s = annotate(args.images, args.output, python=args.mediapipe_python, workers=args.workers,
-                 max_faces=args.max_faces, shard_size=args.shard_size, root=args.root,
-                 pad_retry=not args.no_pad_retry, progress=not args.no_progress)
+    try:
+        s = annotate(args.images, args.output, python=args.mediapipe_python, workers=args.workers,
+                     max_faces=args.max_faces, shard_size=args.shard_size, root=args.root,
+                     pad_retry=not args.no_pad_retry, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("interrupted: finished images were saved; run the same command again to resume", file=sys.stderr)
+        return 130
     rate = f"{100 * s.found_rate:.1f}%" if s.processed > s.errors else "-"
     print(f"{s.output}: {s.total} images under {s.root}; {s.skipped} already annotated, {s.processed} annotated "
           f"now in {s.seconds:.1f} s: faces found in {s.found} ({rate} of readable), {s.errors} unreadable")
@@ -750,17 +754,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m smirk_edge.training.annotate`` (same as ``smirk-edge annotate``)."""
-    p = argparse.ArgumentParser(prog="smirk-edge annotate", description=__doc__.splitlines()[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except SmirkEdgeError as exc:
-        print(f"smirk-edge annotate: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: finished images were saved; run the same command again to resume", file=sys.stderr)
-        return 130
+    from smirk_edge.cli import run_command
+
+    return run_command("annotate", argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Command lines of ``smirk-edge train``, ``finetune``, ``evaluate`` and ``pack``.
 
 Light at import (argparse only): each ``*_run`` imports torch and the training code.
-:data:`smirk_edge.cli.SUBCOMMANDS` names each ``<command>_add_arguments`` / ``<command>_run`` pair.
+:data:`smirk_edge.cli.SUBCOMMANDS` names each ``<command>_add_arguments`` / ``<command>_run`` pair;
+:func:`main` builds its parser from those rows too.
 
 Also runnable directly (what torchrun and ``training/gpu_run.sh`` use)::
 
@@ -255,30 +256,16 @@ def pack_run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ main
 
 
-COMMANDS = {
-    "train": (train_add_arguments, train_run, "train stage 1 or 2"),
-    "finetune": (finetune_add_arguments, finetune_run, "fine-tune a checkpoint on site data"),
-    "evaluate": (evaluate_add_arguments, evaluate_run, "evaluate a checkpoint or bundle"),
-    "pack": (pack_add_arguments, pack_run, "pack annotated photos into compact shards"),
-}
+MODULE = "smirk_edge.training.cli"  # this module's import name (``__name__`` is ``__main__`` under ``python -m``)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m smirk_edge.training.cli COMMAND ...`` (the same commands as ``smirk-edge``)."""
-    from smirk_edge.errors import SmirkEdgeError
+    """``python -m smirk_edge.training.cli COMMAND ...``: the training rows of ``smirk-edge`` (same options)."""
+    from smirk_edge.cli import SUBCOMMANDS
+    from smirk_edge.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="python -m smirk_edge.training.cli")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (add, run, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_)
-        add(p)
-        p.set_defaults(handler=run)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args) or 0)
-    except SmirkEdgeError as exc:
-        print(f"{args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    rows = {name: spec for name, spec in SUBCOMMANDS.items() if spec.module == MODULE}
+    return cli_main(argv, rows, prog="python -m smirk_edge.training.cli")
 
 
 if __name__ == "__main__":
