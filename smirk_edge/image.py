@@ -159,11 +159,22 @@ def _exif_orientation(tiff_bytes) -> int:
     return value if 1 <= value <= 8 else 1
 
 
-def _png(data) -> ImageInfo:
-    pos, info, orientation = 8, None, 1
+def _chunks(data, pos: int, riff: bool):
+    """``(type, body)`` of each chunk from ``pos`` on: PNG chunks (big-endian length, type, body,
+    4-byte CRC) or, with ``riff``, RIFF chunks as in WebP (type, little-endian length, body padded
+    to an even size). Stops where fewer than 8 bytes are left."""
     while pos + 8 <= len(data):
-        length, ctype = _u(">I4s", data, pos)
-        body = data[pos + 8:pos + 8 + length]
+        if riff:
+            ctype, length = _u("<4sI", data, pos)
+        else:
+            length, ctype = _u(">I4s", data, pos)
+        yield ctype, data[pos + 8:pos + 8 + length]
+        pos += 8 + length + ((length & 1) if riff else 4)
+
+
+def _png(data) -> ImageInfo:
+    info, orientation = None, 1
+    for ctype, body in _chunks(data, 8, riff=False):
         if ctype == b"IHDR":
             w, h, depth, color = _u(">IIBB", body, 0)
             info = (w, h, depth, color)
@@ -171,7 +182,6 @@ def _png(data) -> ImageInfo:
             orientation = _exif_orientation(body)
         elif ctype in (b"IDAT", b"IEND"):
             break
-        pos += 12 + length
     if info is None:
         raise _Truncated
     w, h, depth, color = info
@@ -222,10 +232,8 @@ def _bmp(data) -> ImageInfo:
 
 
 def _webp(data) -> ImageInfo:
-    pos, size, orientation = 12, None, 1
-    while pos + 8 <= len(data):
-        ctype, length = _u("<4sI", data, pos)
-        body = data[pos + 8:pos + 8 + length]
+    size, orientation = None, 1
+    for ctype, body in _chunks(data, 12, riff=True):
         if ctype == b"VP8X":
             w = int.from_bytes(bytes(body[4:7]), "little") + 1
             h = int.from_bytes(bytes(body[7:10]), "little") + 1
@@ -240,7 +248,6 @@ def _webp(data) -> ImageInfo:
             size = ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
         elif ctype == b"EXIF":
             orientation = _exif_orientation(body[6:] if bytes(body[:6]) == b"Exif\x00\x00" else body)
-        pos += 8 + length + (length & 1)
     if size is None:
         raise _Truncated
     return ImageInfo("webp", size[0], size[1], 4, 1, orientation)

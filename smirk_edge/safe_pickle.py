@@ -310,16 +310,16 @@ def as_array(obj: Any, what: str = "array", max_bytes: int = DEFAULT_MAX_ARRAY_B
         raise CorruptFileError(f"{what}: not a numeric array ({type(exc).__name__})") from None
 
 
-# ----------------------------------------------------------------------------- chumpy
-class _ChumpyCh(_Sealed):
-    """Stands for ``chumpy.ch.Ch``: chumpy pickles ``__dict__`` without ``_parents`` and
-    ``_cache``; the value lives under ``'x'``. Resolves to that array."""
+class _DictState(_Sealed):
+    """A stand-in that a pickle makes without arguments and then gives exactly one dict state
+    (``BUILD``); ``what`` names it in errors. Base of :class:`_ChumpyCh` and :class:`_SparseMatrix`."""
 
     __slots__ = ("state",)
+    what = "object"
 
     def __new__(cls, *args, **kwargs):
         if args or kwargs:
-            raise UnsafeFileError("refused: chumpy Ch constructed with arguments in a pickle")
+            raise UnsafeFileError(f"refused: {cls.what} constructed with arguments in a pickle")
         obj = object.__new__(cls)
         obj.state = None
         return obj
@@ -329,8 +329,17 @@ class _ChumpyCh(_Sealed):
 
     def __setstate__(self, state):
         if self.state is not None or not isinstance(state, dict):
-            raise CorruptFileError("invalid chumpy Ch state (expected one dict)")
+            raise CorruptFileError(f"invalid {self.what} state (expected one dict)")
         self.state = state
+
+
+# ----------------------------------------------------------------------------- chumpy
+class _ChumpyCh(_DictState):
+    """Stands for ``chumpy.ch.Ch``: chumpy pickles ``__dict__`` without ``_parents`` and
+    ``_cache``; the value lives under ``'x'``. Resolves to that array."""
+
+    __slots__ = ()
+    what = "chumpy Ch"
 
     def resolve(self, ctx: _Context) -> np.ndarray:
         if self.state is None or "x" not in self.state:
@@ -344,29 +353,14 @@ class _ChumpyCh(_Sealed):
 
 
 # ----------------------------------------------------------------------------- scipy
-class _SparseMatrix(_Sealed):
+class _SparseMatrix(_DictState):
     """Stands for a SciPy sparse matrix; resolves to a dense ``float64`` (or the data's
     dtype) array. Reads ``data``/``indices``/``indptr`` (csc, csr) or ``row``/``col``
     (``coords`` in SciPy >= 1.13) (coo), and ``_shape`` (``shape`` in very old SciPy)."""
 
-    __slots__ = ("state", "layout")
-    _layout = ""
-
-    def __new__(cls, *args, **kwargs):
-        if args or kwargs:
-            raise UnsafeFileError("refused: SciPy sparse matrix constructed with arguments in a pickle")
-        obj = object.__new__(cls)
-        obj.state = None
-        obj.layout = cls._layout
-        return obj
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        if self.state is not None or not isinstance(state, dict):
-            raise CorruptFileError("invalid SciPy sparse matrix state (expected one dict)")
-        self.state = state
+    __slots__ = ()
+    what = "SciPy sparse matrix"
+    layout = ""
 
     def resolve(self, ctx: _Context) -> np.ndarray:
         st = {k: _resolve(v, ctx) for k, v in (self.state or {}).items()}
@@ -414,17 +408,17 @@ class _SparseMatrix(_Sealed):
 
 class _CscMatrix(_SparseMatrix):
     __slots__ = ()
-    _layout = "csc"
+    layout = "csc"
 
 
 class _CsrMatrix(_SparseMatrix):
     __slots__ = ()
-    _layout = "csr"
+    layout = "csr"
 
 
 class _CooMatrix(_SparseMatrix):
     __slots__ = ()
-    _layout = "coo"
+    layout = "coo"
 
 
 # ----------------------------------------------------------------------------- torch

@@ -32,20 +32,13 @@ def load_subset(root: Path, subset: str, limit: int | None = None) -> list[tuple
     return out
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def run_config(samples: Sequence[tuple[Path, np.ndarray]], refine: Any, threshold: float, bundle=None,
                backend: str = "onnxruntime", threads: int = 2) -> dict:
     """NME of one refine setting over ``samples``."""
     import cv2
 
     from smirk_edge import Reconstructor
+    from smirk_edge.tracking import box_iou
 
     from .evaluate import landmark_nme
 
@@ -72,7 +65,7 @@ def run_config(samples: Sequence[tuple[Path, np.ndarray]], refine: Any, threshol
                 missed += 1
                 continue
             gbox = np.r_[gt.min(0), gt.max(0)]
-            best = max(res.faces, key=lambda f: _iou(np.r_[f.landmarks68.min(0), f.landmarks68.max(0)], gbox))
+            best = max(res.faces, key=lambda f: box_iou(np.r_[f.landmarks68.min(0), f.landmarks68.max(0)], gbox))
             nme.append(float(landmark_nme(best.landmarks68[None], gt[None])[0]))
     finally:
         rec.close()
