@@ -28,8 +28,11 @@ DEFAULT_NAME = "default"
 
 
 def default_checkpoint_path() -> Path:
-    """The default model's encoder checkpoint (fp16 weights, official layout), shipped as package data."""
-    return Path(__file__).resolve().parent / "checkpoints" / "default_encoder_fp16.pt"
+    """The default model's encoder checkpoint (fp16 weights, official layout): the default bundle's
+    ``encoder.torch.pt`` artifact (the torch backend runs the same file), in a checkout and a wheel."""
+    from smirk_edge.reconstructor import default_bundle_path
+
+    return default_bundle_path() / "encoder.torch.pt"
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:

@@ -175,3 +175,19 @@ def test_torch_artifact_is_fp16_official_layout_and_passes_selftest(tiny):
     if not tiny.find(role="golden"):
         pytest.skip("the tiny bundle has no golden crops")
     assert selftest_verdict(selftest(tiny, backend="torch"))
+
+
+def test_default_model_on_torch_cpu_matches_onnxruntime_on_a_real_photo():
+    from smirk_edge import Reconstructor
+    from smirk_edge.export.golden import selftest, selftest_verdict
+    from smirk_edge.reconstructor import default_bundle_path
+
+    img = _photo()
+    with Reconstructor(backend="onnxruntime", precision="fp32", refine=False, threads=1) as ref, \
+            Reconstructor(backend="torch", device="cpu", refine=False) as rec:
+        a, b = ref(img), rec(img)
+    assert len(a) == len(b) == 1
+    assert np.abs(a[0].landmarks68 - b[0].landmarks68).max() <= 0.05
+    assert np.abs(a[0].landmarks105 - b[0].landmarks105).max() <= 0.05
+    rows = selftest(default_bundle_path(), backend="torch", device="cpu")
+    assert [r.name for r in rows] == ["encoder.torch.pt"] and selftest_verdict(rows)
