@@ -1,8 +1,8 @@
 """The benchmark bundle: the full-size SMIRK encoder with random weights, exported and gated.
 
 Latency does not depend on the weights, so without ``--bundle`` the harness measures a
-random-weight full encoder (:func:`smirk_edge.training.random_encoder`: SMIRK's head
-initialisation, seed 0). :func:`build_bench_bundle` makes its bundle once and reuses it, through
+random-weight full encoder (:func:`smirk_edge.runtimes.torch_encoder.random_encoder`: SMIRK's
+head initialisation, seed 0). :func:`build_bench_bundle` makes its bundle once and reuses it, through
 the public export entry point only (:func:`smirk_edge.export.export_bundle`, what
 ``smirk-edge export`` runs): a checkpoint of that encoder in the official layout becomes ONNX
 fp32 + int8 and OpenVINO IR fp32 + int8, gated against fp32 torch on held-back real face crops of
@@ -25,13 +25,6 @@ from typing import Callable
 WEIGHTS_NOTE = "random (SMIRK head initialisation, seed 0): no trained demo model yet"
 BENCH_FORMATS = ("onnx", "openvino")
 BENCH_PRECISIONS = ("fp32", "int8")
-
-
-def random_encoder(variant: str = "full"):
-    """The benchmark's encoder: :func:`smirk_edge.training.random_encoder` with seed 0 (eval mode)."""
-    from smirk_edge.training import random_encoder as make
-
-    return make(variant, seed=0)
 
 
 def calibration_photos() -> Path | None:
@@ -69,10 +62,12 @@ def build_bench_bundle(root: str | Path, variant: str = "full", log: Callable[[s
                          "(../shared/data/faces/utkface or $SMIRK_EDGE_DATA/faces/utkface; none found): pass "
                          "--bundle DIR to measure a bundle made by smirk-edge export")
     from smirk_edge.export import ExportOptions, export_bundle
+    from smirk_edge.runtimes.torch_encoder import random_encoder
     from smirk_edge.training import save_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = save_checkpoint(Path(tmp) / "random.pt", random_encoder(variant), meta={"weights": WEIGHTS_NOTE})
+        ckpt = save_checkpoint(Path(tmp) / "random.pt", random_encoder(variant, seed=0),
+                               meta={"weights": WEIGHTS_NOTE})
         log("[bench] building the benchmark bundle with smirk-edge export (a few minutes, once)")
         export_bundle(ExportOptions(checkpoint=ckpt, output=root, calib=calib, formats=BENCH_FORMATS,
                                     precisions=BENCH_PRECISIONS, gate_count=200, calib_count=300,

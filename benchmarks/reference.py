@@ -12,14 +12,15 @@ Written from SMIRK_FACTS.md (no code of the official release is used):
   ``skimage.transform.warp(order=1)`` computes), then back to uint8 and to a float tensor / 255.
 * **encode**: the full encoder in torch eager fp32 **with autograd on** (no ``no_grad`` /
   ``inference_mode``), as the upstream demo calls it.
-* **decode**: the FLAME-format decoder as a torch module (:class:`smirk_edge.training.FaceModelLayer`),
-  autograd on.
+* **decode**: the FLAME-format decoder as a torch module
+  (:class:`smirk_edge.runtimes.torch_face_model.FaceModelLayer`), autograd on.
 * **project**: the orthographic camera and the inverse crop transform in torch, landmarks and
   vertices back to numpy.
 
-The encoder weights are random (timing does not depend on them; :func:`smirk_edge.training.random_encoder`,
-seed 0); the architecture follows the bundle's ``encoder_variant`` (``full`` unless the bundle says
-otherwise). The torch model comes from the public names of :mod:`smirk_edge.training` only.
+The encoder weights are random (timing does not depend on them;
+:func:`smirk_edge.runtimes.torch_encoder.random_encoder`, seed 0); the architecture follows the
+bundle's ``encoder_variant`` (``full`` unless the bundle says otherwise). The torch model is the
+torch backend's (``smirk_edge.runtimes``), never training code.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def run_reference(cfg: dict) -> list[dict]:
 
     from smirk_edge.bundle import Bundle
     from smirk_edge.crop import crop_from_box
-    from smirk_edge.training import FaceModelLayer, project_ndc, random_encoder
+    from smirk_edge.runtimes.torch_encoder import random_encoder
+    from smirk_edge.runtimes.torch_face_model import FaceModelLayer, project_ndc
 
     from .runs import PlacementFallback, base_row, load_inputs, peak_rss_mb, row, single
 

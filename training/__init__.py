@@ -1,9 +1,11 @@
 """smirk_edge.training: SMIRK in torch (encoder, face-model layer, checkpoints), training, evaluation,
 and the tools that fit a model to data (box calibration, detector recall).
 
-The public entry point is this package's ``__all__``: the torch model of SMIRK, for code outside
-training (the reference path of ``smirk_edge.benchmarks``; the export toolchain builds on the
-modules themselves). Importing the package loads no torch: each name is imported on first use.
+The public entry point is this package's ``__all__``: the torch model of SMIRK and its checkpoints,
+for code outside training (``smirk_edge.benchmarks``; the export toolchain builds on the modules
+themselves). The model itself lives with the torch backend (``smirk_edge.runtimes.torch_encoder``,
+``torch_face_model``); checkpoints are written here. Importing the package loads no torch: each
+name is imported on first use.
 
 ========================  ================================================================================
 name                      what
@@ -27,14 +29,15 @@ from typing import Any
 __all__ = ["EncoderConfig", "FaceModelLayer", "OUTPUT_NAMES", "SmirkEncoder", "load_encoder", "project_ndc",
            "random_encoder", "save_checkpoint"]
 
-_HOME = {"EncoderConfig": "encoder", "OUTPUT_NAMES": "encoder", "SmirkEncoder": "encoder",
-         "FaceModelLayer": "face_model", "project_ndc": "face_model",
-         "load_encoder": "checkpoint", "random_encoder": "checkpoint", "save_checkpoint": "checkpoint"}
+_HOME = {"EncoderConfig": "smirk_edge.runtimes.torch_encoder", "OUTPUT_NAMES": "smirk_edge.runtimes.torch_encoder",
+         "SmirkEncoder": "smirk_edge.runtimes.torch_encoder", "random_encoder": "smirk_edge.runtimes.torch_encoder",
+         "FaceModelLayer": "smirk_edge.runtimes.torch_face_model", "project_ndc": "smirk_edge.runtimes.torch_face_model",
+         "load_encoder": f"{__name__}.checkpoint", "save_checkpoint": f"{__name__}.checkpoint"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _HOME:
-        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+        return getattr(importlib.import_module(_HOME[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

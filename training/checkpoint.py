@@ -44,20 +44,6 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return _read_checkpoint(default_checkpoint_path() if str(path) == DEFAULT_NAME else path)
 
 
-def random_encoder(variant: str = "full", seed: int = 0) -> SmirkEncoder:
-    """An encoder of ``variant`` (``full``, ``tiny``) with random weights and SMIRK's head
-    initialisation, seeded with ``torch.manual_seed(seed)``, in eval mode: for measurements whose
-    numbers do not depend on the weights (latency, memory)."""
-    try:
-        config = EncoderConfig.named(variant)
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from exc
-    torch.manual_seed(seed)
-    encoder = SmirkEncoder(config)
-    encoder.init_weights()
-    return encoder.eval()
-
-
 def load_encoder(path: str | os.PathLike, config: EncoderConfig | None = None) -> SmirkEncoder:
     """Read ``path`` (official layout, or ``"default"``) and return the encoder in eval mode."""
     return build_encoder(read_checkpoint(path), config)

@@ -26,7 +26,11 @@ def test_every_row_is_consistent():
 
 
 def test_formats_are_the_cli_choices():
-    assert FORMATS == ("onnx", "openvino", "tensorrt")
+    from smirk_edge.export.cli import export_parser
+
+    assert {"onnx", "openvino", "tensorrt"} <= set(FORMATS) and list(FORMATS) == sorted(FORMATS)
+    assert export_parser().parse_args(["--checkpoint", "c", "-o", "o", "--calib", "d",
+                                       "--formats", ",".join(FORMATS)]).formats == list(FORMATS)
 
 
 def _files(formats, precisions=PRECISIONS, fused=False, keep=None):
