@@ -42,7 +42,8 @@ Adding a kind
    engine of :data:`smirk_edge.runtimes.registry.ENGINES` that opens ``manifest_kind`` at that
    precision (tests/export/test_kinds.py checks every row).
 3. Add the new artifact to ``EXPECTED`` in tests/export/test_export_bundle.py and, for a new
-   format, the ``--formats`` help in export/cli.py and the export section of docs/bundle.md.
+   format, the ``--formats`` help in export/cli.py and the table of docs/bundle.md ("What
+   ``smirk-edge export`` writes").
 
 Nothing here imports an engine or torch: builders import what they use when they run.
 """
