@@ -103,6 +103,8 @@ class ArtifactKind:
         ladder: int8 only: climb the mixed-precision ladder on ``engine`` (with ``int8_mixed``).
         cpu_bound: record the CPU class the gate ran on (``attrs.cpu_classes``): the SDK skips the
             artifact on other classes (smirk_edge.cpu.int8_valid_classes).
+        gate_bounds: the precision whose gate bounds apply (default: ``precision``), e.g. fp16
+            bounds for an artifact that stores fp16 weights but is recorded as computing in fp32.
         attrs: fixed manifest attrs (``intended_engine``).
     """
 
@@ -117,6 +119,7 @@ class ArtifactKind:
     option: str | None = None
     ladder: bool = False
     cpu_bound: bool = False
+    gate_bounds: str | None = None
     attrs: Mapping[str, Any] = field(default_factory=dict)
 
     @property

@@ -265,7 +265,7 @@ def export_bundle(opts: ExportOptions) -> ExportReport:
         written, rejected = [], []
         for kind, b in built:
             runner = make_runner(b.engine, b.files[0], precision=b.precision)
-            row = cmp.run(b.name, runner, b.precision, thresholds.get(b.precision), b.engine)
+            row = cmp.run(b.name, runner, b.precision, thresholds.get(kind.gate_bounds or b.precision), b.engine)
             b.attrs["accuracy"] = {**{k: round(v, 6) for k, v in row.metrics.items()},
                                    "crops": row.count, "engine": b.engine, "reference": "torch fp32",
                                    "thresholds": row.thresholds.to_json(), "passed": row.passed,

@@ -23,6 +23,7 @@ def test_every_row_is_consistent():
         assert k.suffix == SUFFIX.get(k.manifest_kind, k.suffix), k
         assert callable(k.build)
         assert not k.ladder or k.precision == "int8", k
+        assert k.gate_bounds is None or k.gate_bounds in PRECISIONS, k
 
 
 def test_formats_are_the_cli_choices():
