@@ -32,6 +32,7 @@ numpy is the only dependency.
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import os
 import pickle
@@ -39,7 +40,7 @@ import pickletools
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterator, Union
 
 import numpy as np
 
@@ -735,14 +736,12 @@ def _prescan(f: io.BytesIO, what: str, allowed: dict) -> None:
         f.seek(start)
 
 
-def _unpickle_one(f: io.BytesIO, ctx: _Context, what: str, persistent_load=None) -> Any:
-    """Prescan and unpickle one pickle at ``f``'s position; leave ``f`` just after it."""
-    up = RestrictedUnpickler(f, encoding=ctx.encoding, _ctx=ctx)
-    _prescan(f, what, up._allowed)
-    old = ctx.persistent_load
-    ctx.persistent_load = persistent_load
+@contextlib.contextmanager
+def _typed_errors(what: str, failing: str) -> Iterator[None]:
+    """Every error of the block as an :class:`UnsafeFileError`: too deep or too large ``what`` as
+    such, anything else as a :class:`CorruptFileError` saying ``failing`` (what was being done)."""
     try:
-        return up.load()
+        yield
     except UnsafeFileError:
         raise
     except RecursionError as exc:
@@ -750,7 +749,18 @@ def _unpickle_one(f: io.BytesIO, ctx: _Context, what: str, persistent_load=None)
     except MemoryError as exc:
         raise UnsafeFileError(f"{what} needs more memory than is available") from exc
     except Exception as exc:
-        raise CorruptFileError(f"cannot unpickle {what}: {type(exc).__name__}: {exc}") from exc
+        raise CorruptFileError(f"{failing}: {type(exc).__name__}: {exc}") from exc
+
+
+def _unpickle_one(f: io.BytesIO, ctx: _Context, what: str, persistent_load=None) -> Any:
+    """Prescan and unpickle one pickle at ``f``'s position; leave ``f`` just after it."""
+    up = RestrictedUnpickler(f, encoding=ctx.encoding, _ctx=ctx)
+    _prescan(f, what, up._allowed)
+    old = ctx.persistent_load
+    ctx.persistent_load = persistent_load
+    try:
+        with _typed_errors(what, f"cannot unpickle {what}"):
+            return up.load()
     finally:
         ctx.persistent_load = old
 
@@ -794,14 +804,8 @@ def _resolve(obj: Any, ctx: _Context, _memo: dict | None = None) -> Any:
 
 
 def _finish(obj: Any, ctx: _Context, what: str) -> Any:
-    try:
+    with _typed_errors(what, f"cannot rebuild arrays of {what}"):
         return _resolve(obj, ctx)
-    except UnsafeFileError:
-        raise
-    except RecursionError as exc:
-        raise UnsafeFileError(f"{what} nests objects too deeply") from exc
-    except Exception as exc:
-        raise CorruptFileError(f"cannot rebuild arrays of {what}: {type(exc).__name__}: {exc}") from exc
 
 
 # ----------------------------------------------------------------------------- public: pickle
