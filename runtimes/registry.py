@@ -40,7 +40,9 @@ def _no_sdk_options(threads: int | None, device: str | None) -> dict[str, Any]:
 
 def _ort_sdk_options(threads: int | None, device: str | None) -> dict[str, Any]:
     opts: dict[str, Any] = {} if threads is None else {"threads": threads}
-    if device is not None and device.lower().startswith(("cuda", "gpu")):
+    if device is not None and device.lower().startswith("tensorrt"):
+        opts["providers"] = ["tensorrt", "cuda"]  # onnxruntime-gpu's TensorRT provider, CUDA for the rest
+    elif device is not None and device.lower().startswith(("cuda", "gpu")):
         opts["providers"] = "cuda"  # never fall back to the CPU provider silently
     return opts
 
@@ -99,7 +101,7 @@ ENGINES: dict[str, EngineSpec] = {spec.name: spec for spec in (
                ("precision", "name", "device", "performance_hint", "threads", "batch", "inference_precision"),
                sdk_options=_ov_sdk_options, runs_detector=True),
     EngineSpec("onnxruntime", "ONNX Runtime", "onnxruntime", "onnxruntime", ("onnx",),
-               ("fp32", "fp16", "int8"), ("cpu", "cuda"), 2, "smirk_edge.runtimes.ort:OrtRunner",
+               ("fp32", "fp16", "int8"), ("cpu", "cuda", "tensorrt"), 2, "smirk_edge.runtimes.ort:OrtRunner",
                ("precision", "name", "providers", "threads", "inter_op_threads", "graph_optimization_level"),
                sdk_options=_ort_sdk_options, runs_detector=True),
     EngineSpec("torch", "PyTorch", "torch", "torch", ("torch-checkpoint",),

@@ -75,6 +75,8 @@ class FaceModelLayer(nn.Module):
         self.register_buffer("l_eyelid", f32("l_eyelid"))
         self.register_buffer("r_eyelid", f32("r_eyelid"))
         self.register_buffer("faces", i64("faces"))
+        # a buffer, not a tensor made per call: CUDA graph capture cannot copy from pageable host memory
+        self.register_buffer("homogeneous_row", torch.tensor([0.0, 0.0, 0.0, 1.0]), persistent=False)
         self.register_buffer("lmk_faces_idx", i64("lmk_faces_idx"))
         self.register_buffer("lmk_bary_coords", f32("lmk_bary_coords"))
         self.register_buffer("dynamic_lmk_faces_idx", i64("dynamic_lmk_faces_idx"))
@@ -85,6 +87,7 @@ class FaceModelLayer(nn.Module):
         self.register_buffer("face_region_faces", torch.arange(len(a["faces"])) if region is None
                              else torch.from_numpy(region.astype(np.int64)))
         self.parents = [int(p) for p in a["parents"]]
+        self.register_buffer("parent_index", torch.tensor(self.parents[1:], dtype=torch.int64), persistent=False)
         chain, j = [], 1
         while j != -1:
             chain.append(j)
@@ -131,9 +134,9 @@ class FaceModelLayer(nn.Module):
         pose_feature = (rot[:, 1:] - eye3).reshape(B, -1)
         v_posed = v_shaped + (pose_feature @ self.posedirs).view(B, V, 3)
 
-        rel_joints = torch.cat([joints[:, :1], joints[:, 1:] - joints[:, self.parents[1:]]], dim=1)
+        rel_joints = torch.cat([joints[:, :1], joints[:, 1:] - joints.index_select(1, self.parent_index)], dim=1)
         local = torch.cat([rot, rel_joints[..., None]], dim=3)  # (B, J, 3, 4)
-        bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=dt, device=shape.device).expand(B, J, 1, 4)
+        bottom = self.homogeneous_row.to(dt).expand(B, J, 1, 4)
         local = torch.cat([local, bottom], dim=2)  # (B, J, 4, 4)
         chain = [local[:, 0]]
         for j in range(1, J):

@@ -158,3 +158,30 @@ def test_int8_artifacts_run_only_on_the_engine_they_were_gated_on():
     with pytest.raises(RunnerError):
         select_engine([int8], "openvino", "int8", installed={"openvino"})
     assert select_engine([fp32, int8], "auto", "int8", installed={"openvino", "onnxruntime"}).engine == "onnxruntime"
+
+
+def test_onnxruntime_gpu_providers_from_the_sdk_device():
+    from smirk_edge.runtimes.ort import ProviderUnavailable, choose_providers
+    from smirk_edge.runtimes.registry import ENGINES
+
+    ort = ENGINES["onnxruntime"]
+    assert ort.runner_options(None, "cuda") == {"providers": "cuda"}
+    assert ort.runner_options(2, "tensorrt") == {"threads": 2, "providers": ["tensorrt", "cuda"]}
+    assert ort.runner_options(None, None) == {}
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(gpu_build, ["tensorrt", "cuda"]) == gpu_build
+    with pytest.raises(ProviderUnavailable, match="onnxruntime-gpu"):
+        choose_providers(["CPUExecutionProvider"], ["tensorrt", "cuda"])
+
+
+@pytest.mark.onnxruntime
+def test_reconstructor_on_onnxruntime_cuda_without_onnxruntime_gpu_says_what_to_install():
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'smirk-edge[onnxruntime]')")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    from smirk_edge import Reconstructor
+    from smirk_edge.runtimes.base import RunnerError
+
+    for device in ("cuda", "tensorrt"):
+        with pytest.raises(RunnerError, match="onnxruntime-gpu"):
+            Reconstructor(backend="onnxruntime", device=device)

@@ -191,3 +191,4 @@ def test_default_model_on_torch_cpu_matches_onnxruntime_on_a_real_photo():
     assert np.abs(a[0].landmarks105 - b[0].landmarks105).max() <= 0.05
     rows = selftest(default_bundle_path(), backend="torch", device="cpu")
     assert [r.name for r in rows] == ["encoder.torch.pt"] and selftest_verdict(rows)
+
