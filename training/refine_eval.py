@@ -45,14 +45,14 @@ def run_config(samples: Sequence[tuple[Path, np.ndarray]], refine: Any, threshol
     rec = Reconstructor(bundle, backend=backend, precision="fp32", refine=refine, refine_threshold=threshold,
                         threads=threads)
     encoded = {"faces": 0, "calls": 0}
-    real = rec.stages.encode_crops
+    real = rec.stages.encode_batch
 
-    def counting(image, boxes, rolls, timer, policy=None):
-        encoded["faces"] += len(boxes)
+    def counting(batch, timer):
+        encoded["faces"] += len(batch)
         encoded["calls"] += 1
-        return real(image, boxes, rolls, timer, policy)
+        return real(batch, timer)
 
-    rec.stages.encode_crops = counting  # type: ignore[method-assign]
+    rec.stages.encode_batch = counting  # type: ignore[method-assign]
     nme, missed, first_pass, ms = [], 0, 0, []
     try:
         for path, gt in samples:
