@@ -46,9 +46,9 @@ def export_add_arguments(p: argparse.ArgumentParser) -> None:
                    help="checkpoint in the official SMIRK key layout (.pt); 'default': the default model's encoder")
     p.add_argument("--face-model", default=None, help="face-model .npz (default: the shipped stand-in)")
     p.add_argument("-o", "--output", required=True, help="bundle folder to write")
-    p.add_argument("--formats", type=_csv(FORMATS), default=["onnx", "openvino"],
-                   help="comma-separated: onnx, openvino, tensorrt (the TensorRT-ready int8 QDQ ONNX). "
-                        "Default: onnx,openvino")
+    p.add_argument("--formats", type=_csv(FORMATS), default=["onnx", "openvino", "torch"],
+                   help="comma-separated: onnx, openvino, tensorrt (the TensorRT-ready int8 QDQ ONNX), torch (the "
+                        "fp16 checkpoint backend='torch' runs). Default: onnx,openvino,torch")
     p.add_argument("--precisions", type=_csv(PRECISIONS), default=list(PRECISIONS),
                    help="comma-separated: fp32, fp16, int8. Default: all")
     p.add_argument("--calib", required=True, help="folder of face photos: calibration and held-back gate crops")

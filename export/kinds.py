@@ -19,7 +19,12 @@ kind               file (manifest name)            format    prec.  gate engine 
 ``openvino-fp32``  ``encoder.xml``                 openvino  fp32   openvino
 ``openvino-fp16``  ``encoder.fp16.xml``            openvino  fp16   openvino
 ``openvino-int8``  ``encoder.int8.xml``            openvino  int8   openvino     yes
+``torch-fp32``     ``encoder.torch.pt``            torch     fp32   torch
 =================  ==============================  ========  =====  ===========  ======  =========
+
+``torch-fp32`` is the ``torch-checkpoint`` artifact of ``Reconstructor(backend="torch")``
+(export/torch_artifact.py): the official key layout with fp16 weights, recorded as fp32 (the
+torch runner computes at the precision asked for) and gated with the fp16 bounds.
 
 *ladder*: int8 builds climb :data:`~smirk_edge.export.mixed_precision.LADDER` on the gate engine
 (selection crops, never the gate's) before the gate; *CPU class*: the manifest records the CPU
@@ -281,6 +286,16 @@ def _build_openvino(ctx: BuildContext, kind: ArtifactKind, rung: Any) -> Made:
     return Made(r.files, {"seconds": seconds, **({"quantization": r.details} if int8 else {})}, step="convert")
 
 
+def _build_torch(ctx: BuildContext, kind: ArtifactKind, rung: Any) -> Made:
+    """The encoder's weights in fp16, official SMIRK key layout (export/torch_artifact.py)."""
+    from .torch_artifact import ATTRS, save_fp16_checkpoint
+
+    start = time.perf_counter()
+    meta = dict(getattr(ctx.checkpoint, "meta", None) or {})
+    path = save_fp16_checkpoint(ctx.encoder, ctx.stage / kind.file, meta)
+    return Made([path], {"seconds": {"export": round(time.perf_counter() - start, 3)}, **ATTRS}, step="export")
+
+
 # ---------------------------------------------------------------------------------- the table
 
 KINDS: tuple[ArtifactKind, ...] = (
@@ -302,6 +317,8 @@ KINDS: tuple[ArtifactKind, ...] = (
                  manifest_kind="openvino-ir"),
     ArtifactKind("openvino-int8", "encoder.int8.xml", "openvino", "int8", _build_openvino, "openvino",
                  manifest_kind="openvino-ir", ladder=True),
+    ArtifactKind("torch-fp32", "encoder.torch.pt", "torch", "fp32", _build_torch, "torch",
+                 manifest_kind="torch-checkpoint", gate_bounds="fp16"),
 )
 
 KINDS_BY_NAME: dict[str, ArtifactKind] = {k.name: k for k in KINDS}

@@ -19,6 +19,7 @@ from smirk_edge.bundle import Artifact, BundleWriter
 
 NAME = "encoder.torch.pt"
 KIND = "torch-checkpoint"
+ATTRS = {"weights": "fp16", "layout": "official SMIRK (smirk_encoder.*)"}
 
 
 def save_fp16_checkpoint(encoder: Any, path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> Path:
@@ -51,5 +52,5 @@ def add_torch_artifact(writer: BundleWriter, encoder: Any, workdir: str | os.Pat
     """Save ``encoder`` as :data:`NAME` in ``workdir`` and register it in ``writer`` (moved in)."""
     path = save_fp16_checkpoint(encoder, Path(workdir) / NAME, meta)
     return writer.add(NAME, KIND, "encoder", path, precision="fp32",
-                      attrs={"weights": "fp16", "layout": "official SMIRK (smirk_encoder.*)", **dict(attrs or {})},
+                      attrs={**ATTRS, **dict(attrs or {})},
                       move=True)

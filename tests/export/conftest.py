@@ -83,7 +83,7 @@ def exported(tmp_path_factory, tiny_checkpoint, face_model_file, crop_set):
         warnings.simplefilter("ignore")  # fewer than 300 calibration crops, by design here
         report = export_bundle(ExportOptions(
             checkpoint=tiny_checkpoint, output=root, face_model=face_model_file,
-            formats=("onnx", "openvino", "tensorrt"), precisions=("fp32", "fp16", "int8"), crops=crop_set,
+            formats=("onnx", "openvino", "tensorrt", "torch"), precisions=("fp32", "fp16", "int8"), crops=crop_set,
             fused=True, gate_count=GATE_CROPS, min_gate_count=GATE_CROPS, calib_count=CALIB_CROPS, golden_count=8,
             report_dir=report_dir, progress=False))
     return report, root, report_dir

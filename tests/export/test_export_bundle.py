@@ -22,6 +22,7 @@ EXPECTED = {
     "encoder.xml": ("openvino-ir", "encoder", "fp32"),
     "encoder.fp16.xml": ("openvino-ir", "encoder", "fp16"),
     "encoder.int8.xml": ("openvino-ir", "encoder", "int8"),
+    "encoder.torch.pt": ("torch-checkpoint", "encoder", "fp32"),
 }
 
 
