@@ -87,6 +87,18 @@ def has_vnni(cls: str) -> bool:
     return cls in VNNI_CLASSES
 
 
+ISA_FEATURES = (("AVX2", ("avx2",)), ("AVX-512", ("avx512f",)), ("VNNI", ("avx512_vnni", "avx_vnni")),
+                ("AMX", ("amx_int8",)))
+"""The instruction-set features that decide CPU speed and int8 kernels, and the flags that show each."""
+
+
+def isa_summary(flags: Iterable[str] | None = None) -> str:
+    """``"AVX2 yes, AVX-512 no, VNNI no, AMX no"``: each of :data:`ISA_FEATURES` for ``flags``
+    (default: this machine's), present or not."""
+    f = cpu_flags() if flags is None else frozenset(x.lower() for x in flags)
+    return ", ".join(f"{name} {'yes' if any(x in f for x in names) else 'no'}" for name, names in ISA_FEATURES)
+
+
 def describe_flags(flags: Iterable[str] | None = None) -> str:
     """``"amx (avx2 avx512f avx512_vnni avx_vnni amx_int8)"``: the class and the flags that decide it."""
     f = cpu_flags() if flags is None else frozenset(flags)

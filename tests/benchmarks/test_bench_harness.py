@@ -183,3 +183,26 @@ def test_report_names_each_invocation_once_without_the_subcommand():
     assert "`smirk-edge bench --quick -o out`" in text and "bench bench" not in text
     assert text.count("smirk-edge bench --quick -o out") == 1
     assert "`benchmarks/gpu_entry.sh --quick`" in text
+
+
+@pytest.mark.parametrize("flags, isa", [
+    (["avx2", "fma"], "AVX2 yes, AVX-512 no, VNNI no, AMX no"),
+    (["avx2", "avx512f", "avx512_vnni", "amx_int8", "amx_tile"], "AVX2 yes, AVX-512 yes, VNNI yes, AMX yes"),
+    (["avx2", "avx_vnni"], "AVX2 yes, AVX-512 no, VNNI yes, AMX no"),
+])
+def test_report_names_the_cpu_features(flags, isa):
+    rows = _fake_rows()
+    for r in rows:
+        r["machine"]["cpu"].update(flags=flags, **{"class": "x"})
+    assert f"CPU x: {isa} ({' '.join(flags)})" in report.summary_line(rows)
+    assert isa in report.markdown(rows, plots=None)
+
+
+def test_report_says_why_the_reference_is_missing():
+    rows = [r for r in _fake_rows() if r["suite"] != "reference"]
+    for r in rows:
+        r["invocation"] = {"reference_skipped": "torch/timm not installed: pip install 'smirk-edge[torch]'"}
+    line = report.summary_line(rows)
+    assert "reference not measured (torch/timm not installed" in line and "speedup" not in line
+    md = report.markdown(rows, plots=None)
+    assert "## Speedup over the reference path\nNot measured in this run: torch/timm" in md
