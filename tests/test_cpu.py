@@ -186,3 +186,24 @@ def test_more_threads_than_usable_cpus_warns(monkeypatch):
             assert "oversubscribed" not in cpu.apply_thread_budget(2)
     finally:
         cv2.setNumThreads(before)
+
+
+@pytest.mark.parametrize("flags", [AVX2, AVX512])
+@pytest.mark.parametrize("backend", ["auto", "openvino"])
+@pytest.mark.parametrize("precision", [None, "int8"])
+def test_no_backend_runs_int8_gated_on_vnni_without_vnni(monkeypatch, flags, backend, precision):
+    """An AVX2-only (or AVX-512 without VNNI) CPU never runs the shipped u8s8 int8 ONNX artifact, whichever
+    backend or precision is asked (ONNX Runtime alone: test_reconstructor_falls_back_to_fp32...)."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'smirk-edge[onnxruntime]')")
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="openvino not installed (pip install 'smirk-edge[openvino]')")
+    from smirk_edge import Reconstructor
+
+    monkeypatch.setenv(cpu.FLAGS_ENV, flags)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Reconstructor(backend=backend, precision=precision, threads=1) as rec:
+            art = rec.artifact
+    assert cpu.int8_applies(art.attrs, art.kind, art.precision, cpu.cpu_class())
+    assert art.precision == "fp32" and art.name == "encoder.onnx"
+    assert any("not valid on this CPU" in str(w.message) for w in caught) == (precision == "int8")
