@@ -241,7 +241,8 @@ class FrameResult(list):
 
     Attributes:
         timings: per-stage milliseconds of this call (``detect``, ``crop``, ``encode``, ``decode``,
-            ``project``, ``smooth``, ``total``...).
+            ``project``, ``smooth``, ``total``...); ``decode`` counts only the decoding the call itself
+            needed (refine check, tracking), since a face's geometry is computed when first read.
         errors: the errors that made this call give no faces (a skipped video frame); empty otherwise.
         frame_index: the frame index in ``stream()``; None for single images.
     """
