@@ -111,8 +111,6 @@ def _lbs_matmul(fm, shape, expression, pose, jaw, eyelid):
 
 
 def run(bundle_path: str, runs: int = 200, threads: int = 1) -> list[dict]:
-    import cv2
-
     from smirk_edge.bundle import Bundle
     from smirk_edge.crop import crop_from_box, preprocess
     from smirk_edge.detector import MODELS, FaceDetector, letterbox, model_path
@@ -121,7 +119,9 @@ def run(bundle_path: str, runs: int = 200, threads: int = 1) -> list[dict]:
 
     from .inputs import synthetic_720p
 
-    cv2.setNumThreads(threads)
+    from smirk_edge.cpu import apply_thread_budget
+
+    apply_thread_budget(threads)  # OpenCV and BLAS on the same budget, as in a Reconstructor
     rows: list[dict] = []
 
     def add(probe, variant, stats, note=""):
