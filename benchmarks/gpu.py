@@ -1,5 +1,5 @@
 """GPU mode of the harness: torch eager vs CUDA graphs vs torch.compile, fp32 / fp16 / bf16, NCHW /
-channels_last, batch 1..256, a GPU end-to-end path, and the CPU engines of the GPU machine.
+channels_last, batch 1..256 (the official path), the SDK's own GPU path, and the CPU engines of the GPU machine.
 
 Run it on the GPU machine from a plain repository checkout with ``benchmarks/gpu_entry.sh``
 (it bootstraps the ``smirk_edge`` namespace without installing anything; see
@@ -16,13 +16,12 @@ What is measured (suites in the rows):
   inductor with freezing, mode ``default`` with ``--quick`` else ``max-autotune-no-cudagraphs``,
   replayed inside our own CUDA graph). Time: CUDA events
   around each call, synchronised, after warm-up.
-* ``gpu-e2e``: one 720p BGR frame per call: ``upload`` (pinned host -> device), ``crop`` (BGR -> RGB,
-  [0, 1], ``affine_grid`` + ``grid_sample`` bilinear with zero borders from the SDK's own crop matrix,
-  :func:`theta_from_crop_matrix`), ``encode`` (fp16 channels-last CUDA graph), ``decode`` (the
-  FLAME-format layer in fp32 on the GPU), ``project`` (camera + inverse crop to image pixels),
-  ``download`` (landmarks and vertices to pinned host memory). Plus ``fused-graph``: the crop,
-  encoder, decode and projection captured in one CUDA graph (total only). The crop comes from a
-  known face box (as while tracking); the detector's CPU cost is in ``gpu-host-cpu``.
+* ``sdk-gpu``: the SDK itself, ``Reconstructor(backend="torch", device="cuda")``: ``image`` (one
+  720p frame with a real face per call: detection on the CPU engine, then crop, encode, decode and
+  projection on the GPU), ``video`` (``stream``'s tracker, one frame per call) and ``batch``
+  (``rec.batch`` of face photos: all faces through the GPU as one batch); wall clock per public
+  call with the results on the host, plus the call's own stage timings (``stage``), and for
+  ``batch`` the ``encode+decode+project`` part of the call.
 * ``gpu-host-cpu``: ONNX Runtime (CPU provider) on that machine's cores: the encoder (``--bundle``'s
   ONNX artifacts, else an ONNX exported there) and the BlazeFace detector on the 720p frame;
   OpenVINO too when installed (it is not on the project's GPU machine: a ``skipped`` row says so).
@@ -48,19 +47,17 @@ FULL_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 # ------------------------------------------------------------------------------------- helpers
-def theta_from_crop_matrix(matrix: np.ndarray, width: int, height: int, size: int = 224) -> np.ndarray:
-    """``affine_grid`` theta (2x3, ``align_corners=True``) that samples the crop of ``matrix``.
+def _random_encoder(variant: str):
+    """The official encoder architecture with SMIRK's head initialisation (seed 0): the reference
+    path's speed does not depend on the weights."""
+    import torch
 
-    ``matrix``: the SDK's 2x3 image -> crop pixel affine (:class:`smirk_edge.crop.CropTransform`).
-    Output normalised coords ``o`` map to crop pixels ``(o + 1) (S - 1) / 2``, those to image pixels by
-    the inverse matrix, and those to the input's normalised coords ``2 u / (W - 1) - 1``. Same bilinear
-    sampling with zero borders as ``cv2.warpAffine`` (pixel centres at integer coordinates).
-    """
-    m = np.vstack([np.asarray(matrix, np.float64), [0.0, 0.0, 1.0]])
-    inv = np.linalg.inv(m)
-    d_out = np.array([[(size - 1) / 2.0, 0, (size - 1) / 2.0], [0, (size - 1) / 2.0, (size - 1) / 2.0], [0, 0, 1]])
-    n_in = np.array([[2.0 / (width - 1), 0, -1.0], [0, 2.0 / (height - 1), -1.0], [0, 0, 1]])
-    return (n_in @ inv @ d_out)[:2]
+    from smirk_edge.runtimes.torch_encoder import EncoderConfig, SmirkEncoder
+
+    torch.manual_seed(0)
+    enc = SmirkEncoder(EncoderConfig.named(variant))
+    enc.init_weights()
+    return enc.eval()
 
 
 def _describe() -> tuple[dict, dict]:
@@ -116,9 +113,7 @@ class Timer:
 def _encoder(variant: str, device, dtype, channels_last: bool):
     import torch
 
-    from .bundle_setup import random_encoder
-
-    enc = random_encoder(variant).to(device=device, dtype=dtype)
+    enc = _random_encoder(variant).to(device=device, dtype=dtype)
     if channels_last:
         enc = enc.to(memory_format=torch.channels_last)
     return enc
@@ -136,7 +131,7 @@ def _three_streams(enc, device):
     """forward() running the pose / shape / expression sub-encoders on three forked CUDA streams."""
     import torch
 
-    from smirk_edge.training.encoder import OUTPUT_NAMES
+    from smirk_edge.runtimes.torch_encoder import OUTPUT_NAMES
 
     subs = [enc.pose_encoder, enc.shape_encoder, enc.expression_encoder]
     streams = [torch.cuda.Stream(device) for _ in subs]
@@ -244,154 +239,102 @@ def group_encoder(cfg: dict) -> list[dict]:
     return rows
 
 
-def group_e2e(cfg: dict) -> list[dict]:
-    """The GPU end-to-end path, staged and fully captured (see the module docstring)."""
+def group_sdk(cfg: dict) -> list[dict]:
+    """The SDK's own GPU path: ``Reconstructor(backend="torch", device=...)`` on a 720p frame with a
+    real face (``image``: detection + reconstruction per call; ``video``: ``stream``'s tracker, one
+    frame per call; ``batch``: ``rec.batch`` of face photos). Wall-clock per public call, results on
+    the host (every call returns numpy :class:`~smirk_edge.results.Face` records); the stage rows
+    are the call's own ``timings``."""
+    import cv2
     import torch
-    import torch.nn.functional as F
 
-    from smirk_edge.crop import crop_from_box
-    from smirk_edge.face_model import standin_path
-    from smirk_edge.training.face_model import FaceModelLayer, project_ndc
+    from smirk_edge import Reconstructor
+    from smirk_edge.benchmarks.stress_sheet import example_photo
 
     from .inputs import synthetic_720p
 
-    device = torch.device(cfg["device"])
-    cuda = device.type == "cuda"
-    dt_name = cfg.get("dtype", "fp16" if cuda else "fp32")
-    dtype = getattr(torch, DTYPES[dt_name])
-    cl = True
-    inp = synthetic_720p(cfg.get("face_photo"))
-    frame, box = inp.frames[0], inp.boxes[0]
-    H, W = frame.shape[:2]
-    enc = _encoder(cfg["variant"], device, dtype, cl)
-    layer = FaceModelLayer.from_file(cfg.get("face_model") or standin_path()).to(device).eval()
-    rows = _Rows(cfg.get("out_path"))
-    base = {**cfg["base"], "suite": "gpu-e2e", "precision": dt_name, "layout": "channels_last"}
-    for faces in cfg.get("faces", [1]):
-        # one crop per face; the faces share the frame (same box, shifted a little)
-        mats = [crop_from_box(box + np.array([d, 0, d, 0]) * 2.0).matrix for d in range(faces)]
-        theta_np = np.stack([theta_from_crop_matrix(m, W, H) for m in mats]).astype(np.float32)
-        inv_np = np.stack([np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2] for m in mats]).astype(np.float32)
-        host = torch.from_numpy(frame)
-        host_theta = torch.from_numpy(theta_np)
-        if cuda:
-            host, host_theta = host.pin_memory(), host_theta.pin_memory()
-        dev_frame = torch.empty((H, W, 3), dtype=torch.uint8, device=device)
-        dev_theta = torch.empty((faces, 2, 3), dtype=torch.float32, device=device)
-        inv = torch.from_numpy(inv_np).to(device)
-        out_host = torch.empty((faces, 173 + layer.n_vertices, 2), dtype=torch.float32,
-                               pin_memory=cuda)
+    device = cfg["device"]
+    precision = cfg.get("dtype", "fp16" if device.startswith("cuda") else "fp32")
+    runs, warmup = cfg["runs"], cfg["warmup"]
+    frame = synthetic_720p().frames[0]
+    base = {**cfg["base"], "suite": "sdk-gpu", "engine": "torch", "precision": precision, "layout": "channels_last",
+            "model": {"bundle": cfg.get("bundle") or "default"}}
+    rows = _Rows(cfg["out_path"])
 
-        def crop(dev_frame=dev_frame, dev_theta=dev_theta, faces=faces):
-            img = dev_frame.permute(2, 0, 1)[[2, 1, 0]].unsqueeze(0).float().div_(255.0)  # BGR -> RGB, [0, 1]
-            grid = F.affine_grid(dev_theta, [faces, 3, 224, 224], align_corners=True)
-            x = F.grid_sample(img.expand(faces, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
-                              align_corners=True)
-            return x.to(dtype).contiguous(memory_format=torch.channels_last)
+    def timed(fn):
+        out = None
+        for _ in range(warmup):
+            out = fn()
+        samples = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            out = fn()
+            samples.append((time.perf_counter() - t) * 1e3)
+        return samples, out
 
-        def decode_project(o, inv=inv):
-            o = {k: v.float() for k, v in o.items()}
-            geo = layer(o["shape"], o["expression"], o["pose"], o["jaw"], o["eyelid"])
-            pts = torch.cat([geo["landmarks68"], geo["landmarks105"], geo["vertices"]], 1)
-            return pts, o
+    def stage_rows(mode: str, batch: int, result_timings: list[dict], items: int) -> None:
+        keys = sorted({k for t in result_timings for k in t if k != "total"})
+        for k in keys:
+            vals = [t.get(k, 0.0) for t in result_timings]
+            rows.append(_stats_row({**base, "mode": mode, "batch": batch, "stage": k,
+                                    "config": f"sdk-gpu/{mode}/{batch}/{k}"}, vals))
 
-        def project(pts, o, inv=inv):
-            px = (project_ndc(pts, o["cam"])[..., :2] + 1.0) * 112.0
-            return torch.einsum("bij,bnj->bni", inv[:, :, :2], px) + inv[:, None, :, 2]
+    with Reconstructor(cfg.get("bundle"), backend="torch", device=device, precision=precision) as rec:
+        base["engine_detail"] = rec.engine
+        # image: detect + reconstruct, one public call per frame
+        timings: list[dict] = []
 
-        with torch.inference_mode():
-            dev_frame.copy_(host)
-            dev_theta.copy_(host_theta)
-            x0 = crop()
-            if cuda:
-                replay, static_in, static_out = _capture(enc, x0)
-            else:
-                static_in = x0
+        def image_call():
+            res = rec(frame)
+            timings.append(res.timings)
+            return res
 
-                def replay():
-                    static_out.update(enc(static_in))
-                static_out = dict(enc(x0))
-        timer_events = cuda
-        stages = ("upload", "crop", "encode", "decode", "project", "download")
-        per_run = []
-        n_total = cfg["warmup"] + cfg["runs"]
-        if time.time() > cfg["deadline"]:
-            rows.append({**base, "engine": "staged", "batch": faces, "stage": "error",
-                         "config": f"gpu-e2e/staged/{faces}", "note": "skipped: time budget spent"})
-            continue
-        with torch.inference_mode():
-            for i in range(n_total):
-                t0 = time.perf_counter()
-                ev = [torch.cuda.Event(enable_timing=True) for _ in range(len(stages) + 1)] if timer_events else None
-                marks = []
+        samples, res = timed(image_call)
+        timings = timings[-runs:]
+        rows.append(_stats_row({**base, "mode": "image", "batch": 1, "stage": "total", "faces": len(res),
+                                "config": "sdk-gpu/image/1/total", "refine": rec.refine}, samples))
+        stage_rows("image", 1, timings, 1)
+        # video: the tracker of stream(), one frame per call (tracked after the first)
+        tracker = rec.tracker()
+        state = {"i": 0}
+        vt: list[dict] = []
 
-                def mark():
-                    if timer_events:
-                        ev[len(marks)].record()
-                        marks.append(None)
-                    else:
-                        marks.append(time.perf_counter())
-                mark()
-                dev_frame.copy_(host, non_blocking=True)
-                dev_theta.copy_(host_theta, non_blocking=True)
-                mark()
-                static_in.copy_(crop())
-                mark()
-                replay()
-                mark()
-                pts, o = decode_project(static_out)
-                mark()
-                img_pts = project(pts, o)
-                mark()
-                out_host.copy_(img_pts, non_blocking=True)
-                mark()
-                if cuda:
-                    torch.cuda.synchronize()
-                total = (time.perf_counter() - t0) * 1e3
-                if i >= cfg["warmup"]:
-                    if timer_events:
-                        t = {s: ev[j].elapsed_time(ev[j + 1]) for j, s in enumerate(stages)}
-                    else:
-                        t = {s: (marks[j + 1] - marks[j]) * 1e3 for j, s in enumerate(stages)}
-                    t["total"] = total
-                    per_run.append(t)
-        from .stats import stage_table
+        def video_call():
+            r = tracker.step(frame, state["i"], None)
+            state["i"] += 1
+            vt.append(r.timings)
+            return r
 
-        b = {**base, "engine": f"staged ({dt_name} CUDA graph encoder)" if cuda else "staged (eager)",
-             "batch": faces, "config": f"gpu-e2e/staged/{faces}"}
-        for s, st in stage_table(per_run, stages + ("total",)).items():
-            rows.append({**b, **st, "stage": s, "runs": len(per_run), "warmup": cfg["warmup"],
-                         "items_per_s": faces * 1e3 / st["p50_ms"] if s == "total" else None,
-                         "note": "total = wall clock incl. host overhead and the final synchronise" if s == "total" else ""})
-        if cuda:  # the whole device-side path in one graph
-            try:
-                def whole(_):
-                    x = crop()
-                    pts, o = decode_project(enc(x))
-                    return project(pts, o)
+        samples, res = timed(video_call)
+        vt = vt[-runs:]
+        detected = sum(1 for t in vt if "detect" in t)
+        rows.append(_stats_row({**base, "mode": "video", "batch": 1, "stage": "total", "faces": len(res),
+                                "config": "sdk-gpu/video/1/total", "detector_frames": detected}, samples))
+        stage_rows("video", 1, vt, 1)
+        # batch: rec.batch of face photos (one face each), all faces through the GPU as one batch
+        photo = cv2.imread(str(example_photo()), cv2.IMREAD_COLOR)
+        for n in cfg.get("batches", [64, 256]):
+            imgs = [photo] * n
+            bt: list[dict] = []
 
-                g_replay, _, g_out = _capture(whole, x0)
+            def batch_call(imgs=imgs, bt=bt):
+                out = rec.batch(imgs)
+                bt.append(out[0].timings if out else {})
+                return out
 
-                def fused():
-                    dev_frame.copy_(host, non_blocking=True)
-                    dev_theta.copy_(host_theta, non_blocking=True)
-                    g_replay()
-                    out_host.copy_(g_out, non_blocking=True)
-
-                samples = []
-                for i in range(n_total):
-                    t0 = time.perf_counter()
-                    fused()
-                    torch.cuda.synchronize()
-                    if i >= cfg["warmup"]:
-                        samples.append((time.perf_counter() - t0) * 1e3)
-                rows.append(_stats_row({**base, "engine": f"fused-graph ({dt_name})", "batch": faces, "stage": "total",
-                                        "config": f"gpu-e2e/fused/{faces}"}, samples, warmup=cfg["warmup"],
-                                       note="upload + one CUDA graph (crop, encoder, decode, projection) + download, "
-                                            "wall clock"))
-            except Exception as exc:  # noqa: BLE001
-                rows.append({**base, "engine": "fused-graph", "batch": faces, "stage": "error",
-                             "config": f"gpu-e2e/fused/{faces}", "note": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            samples, out = timed(batch_call)
+            faces = sum(len(r) for r in out)
+            row = _stats_row({**base, "mode": "batch", "batch": n, "stage": "total", "faces": faces,
+                              "config": f"sdk-gpu/batch/{n}/total", "input": f"{n} photos {photo.shape[1]}x{photo.shape[0]}"},
+                             samples)
+            rows.append(row)
+            bt = bt[-runs:]
+            core = [sum(t.get(k, 0.0) for k in ("encode", "decode", "project")) for t in bt]
+            rows.append(_stats_row({**base, "mode": "batch", "batch": n, "stage": "encode+decode+project",
+                                    "config": f"sdk-gpu/batch/{n}/encode+decode+project",
+                                    "input": f"{n} photos"}, core))
+            stage_rows("batch", n, bt, n)
+        del torch
     return rows
 
 
@@ -404,11 +347,9 @@ def _onnx_for(cfg: dict, work: Path) -> tuple[list[tuple[str, str]], str]:
         return [(a.precision, str(b.main_path(a))) for a in b.find(role="encoder", kind="onnx")], "bundle"
     import torch
 
-    from smirk_edge.training.encoder import OUTPUT_NAMES
+    from smirk_edge.runtimes.torch_encoder import OUTPUT_NAMES
 
-    from .bundle_setup import random_encoder
-
-    enc = random_encoder(cfg["variant"])
+    enc = _random_encoder(cfg["variant"])
     path = work / "encoder.onnx"
     try:
         torch.onnx.export(enc, (torch.rand(2, 3, 224, 224),), str(path), input_names=["image"],
@@ -496,7 +437,7 @@ def group_host_cpu(cfg: dict) -> list[dict]:
     return rows
 
 
-GROUPS = {"encoder": group_encoder, "e2e": group_e2e, "host-cpu": group_host_cpu}
+GROUPS = {"encoder": group_encoder, "sdk": group_sdk, "host-cpu": group_host_cpu}
 
 
 class _Rows(list):
@@ -539,14 +480,15 @@ def plan(quick: bool, device: str) -> list[dict]:
         groups += [
             {"group": "encoder", "mode": "cudagraph", "points": pts(["fp32", "fp16", "bf16"])},
             {"group": "encoder", "mode": "cudagraph-3streams", "points": pts(["fp16"], (1, 4, 16) if quick else batches)},
-            {"group": "e2e", "faces": [1, 4] if quick else [1, 4, 16], "dtype": "fp16"},
+            {"group": "sdk", "dtype": "fp16", "batches": [64, 256]},
+            {"group": "sdk", "dtype": "fp32", "batches": [64]},
             {"group": "host-cpu", "batches": [1, 16], "threads": None},
             {"group": "encoder", "mode": "compile",
              "compile_mode": "default" if quick else "max-autotune-no-cudagraphs",
              "points": pts(["fp16"], (1, 64) if quick else (1, 16, 64, 256), ("channels_last",))},
         ]
     else:
-        groups += [{"group": "e2e", "faces": [1], "dtype": "fp32"},
+        groups += [{"group": "sdk", "dtype": "fp32", "batches": [4]},
                    {"group": "host-cpu", "batches": [1], "threads": None}]
     return groups
 

@@ -103,8 +103,8 @@ def _candidates(bundle: Bundle, engine: str, precision: str | None, artifact: st
         if not spec.opens(a.kind):
             raise InputError(f"{engine} cannot open artifact {artifact!r} (kind {a.kind})")
         return [a]
-    arts = [a for a in arts if spec.opens(a.kind, a.precision) and (precision is None or a.precision == precision)
-            and gated_for_engine(a, engine)]
+    arts = [a for a in arts if spec.opens(a.kind, a.precision) and gated_for_engine(a, engine)
+            and (precision is None or a.precision == precision or a.kind == "torch-checkpoint")]
     for kind in spec.artifact_kinds:  # the engine's preferred kind that the bundle has
         chosen = [a for a in arts if a.kind == kind]
         if chosen:
@@ -152,10 +152,12 @@ def selftest(bundle: Bundle | str | os.PathLike, backend: str = "auto", precisio
     if artifact is not None:
         engine_choices = [bundle.get(artifact)]
     else:
-        engine_choices = [a for a in encoders if precision is None or a.precision == precision]
+        engine_choices = [a for a in encoders if precision is None or a.precision == precision
+                          or a.kind == "torch-checkpoint"]  # the torch runner computes at any precision
     if not engine_choices:
         raise RunnerError(f"bundle {bundle.root} has no encoder artifact" + (f" in {precision}" if precision else ""))
-    engine = select_engine(engine_choices, backend, precision, device).engine
+    # the torch runner computes at the asked precision from its one (fp16-stored) artifact
+    engine = select_engine(engine_choices, backend, None if backend == "torch" else precision, device).engine
     table = dict(_bundle_thresholds(bundle))
     table.update(thresholds or {})
     cmp = Comparator(golden.inputs(), face_model, out_dir, batch=len(golden.crops))
@@ -164,9 +166,10 @@ def selftest(bundle: Bundle | str | os.PathLike, backend: str = "auto", precisio
     cls = cpu_class() if cpu is None else cpu
     for a in _candidates(bundle, engine, precision, artifact):
         path = bundle.main_path(a)
-        runner = make_runner(engine, path, precision=a.precision or "fp32", **opts)
+        run_precision = (precision or a.precision) if a.kind == "torch-checkpoint" else a.precision
+        runner = make_runner(engine, path, precision=run_precision or "fp32", **opts)
         cmp.batch = max(1, min(len(golden.crops), int(a.attrs.get("max_batch", len(golden.crops)))))
-        row = cmp.run(a.name, runner, a.precision, thresholds_for(a.precision, table), engine)
+        row = cmp.run(a.name, runner, run_precision, thresholds_for(run_precision, table), engine)
         row.degraded = bool(a.attrs.get("degraded"))
         if not int8_applies(a.attrs, a.kind, a.precision, cls):
             row.applies = False

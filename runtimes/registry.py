@@ -52,6 +52,10 @@ def _ov_sdk_options(threads: int | None, device: str | None) -> dict[str, Any]:
     return opts
 
 
+def _torch_sdk_options(threads: int | None, device: str | None) -> dict[str, Any]:
+    return {"device": "cpu" if device is None else str(device).lower()}
+
+
 @dataclass(frozen=True)
 class EngineSpec:
     """What one engine is, needs, opens and accepts."""
@@ -100,7 +104,8 @@ ENGINES: dict[str, EngineSpec] = {spec.name: spec for spec in (
                sdk_options=_ort_sdk_options, runs_detector=True),
     EngineSpec("torch", "PyTorch", "torch", "torch", ("torch-checkpoint",),
                ("fp32", "fp16", "bf16"), ("cpu", "cuda"), 3, "smirk_edge.runtimes.torch_runner:TorchRunner",
-               ()),
+               ("precision", "name", "device", "cuda_graphs", "compile", "channels_last", "input_name", "input_size"),
+               also_needs=("timm",), sdk_options=_torch_sdk_options),
 )}
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ class TorchRunner(Runner):
         cast: ``'autocast'`` or ``'module'`` (how reduced precision is applied).
         channels_last: run 4-D tensors and the module in channels-last memory format.
         cuda_graphs: capture and replay one CUDA graph per input shape (CUDA only).
+        fold_bn: fold BatchNorm into the preceding convolutions at activation (inference only).
+        branch_streams: run ``module.branches()`` (independent sub-networks given the one input, whose
+            output dicts are merged) on one CUDA stream each (CUDA only).
         compile: wrap the module with ``torch.compile`` (``compile_mode``/``compile_backend`` passed on).
         name: free text for reports.
     """
@@ -50,7 +53,8 @@ class TorchRunner(Runner):
     def __init__(self, model: Any, inputs: Sequence[TensorMeta], outputs: Sequence[str] | None = None,
                  device: str = "cpu", precision: str = "fp32", cast: str = "autocast",
                  channels_last: bool = False, cuda_graphs: bool = False, compile: bool = False,
-                 compile_mode: str | None = None, compile_backend: str = "inductor", name: str | None = None):
+                 compile_mode: str | None = None, compile_backend: str = "inductor", name: str | None = None,
+                 fold_bn: bool = False, branch_streams: bool = False):
         check_choice("precision", precision, list(PRECISIONS))
         check_choice("cast", cast, ["autocast", "module"])
         kind = str(device).split(":")[0]
@@ -70,9 +74,30 @@ class TorchRunner(Runner):
         self._output_names = list(outputs) if outputs else None
         self.cast, self.channels_last, self.cuda_graphs = cast, channels_last, cuda_graphs
         self.compile, self.compile_mode, self.compile_backend = compile, compile_mode, compile_backend
+        self.fold_bn, self.branch_streams = fold_bn, branch_streams
+        self._streams: list[Any] = []
         self.module: Any = None
         self._graphs: dict[tuple, tuple[Any, dict[str, Any], dict[str, Any]]] = {}
         self._out_meta: list[TensorMeta] = []
+
+    @classmethod
+    def from_artifact(cls, path: Any, precision: str = "fp32", name: str | None = None, device: str = "cpu",
+                      cuda_graphs: bool | None = None, compile: bool = False, channels_last: bool | None = None,
+                      input_name: str = "image", input_size: int = 224) -> "TorchRunner":
+        """A runner for a ``torch-checkpoint`` artifact (the encoder in the official SMIRK key layout,
+        read with ``torch.load(weights_only=True)``), used by :func:`smirk_edge.runtimes.registry.make_runner`.
+
+        On CUDA the defaults are the fast ones: the module cast to the precision, channels-last, and
+        one CUDA graph per batch size; on the CPU, eager autocast (bf16) or fp32.
+        """
+        from .torch_encoder import load_encoder
+
+        cuda = str(device).startswith("cuda")
+        graphs = cuda and not compile if cuda_graphs is None else cuda_graphs
+        return cls(lambda: load_encoder(path), [TensorMeta(input_name, np.float32, ("N", 3, input_size, input_size))],
+                   device=device, precision=precision, cast="module" if cuda else "autocast",
+                   channels_last=cuda if channels_last is None else channels_last, cuda_graphs=graphs,
+                   compile=compile, name=name, fold_bn=True, branch_streams=cuda)
 
     # ---- activation --------------------------------------------------------------------------
     def activate_impl(self) -> None:
@@ -86,7 +111,15 @@ class TorchRunner(Runner):
             module = module.to(self._dtype)
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
+        if self.fold_bn:
+            from .torch_encoder import fold_batchnorm
+
+            fold_batchnorm(module)
         self.module = module
+        # independent sub-networks (the SMIRK encoder's three) run on their own CUDA streams
+        self._streams = ([torch.cuda.Stream(device=self.device) for _ in module.branches()]
+                         if self.branch_streams and self.device.startswith("cuda") and hasattr(module, "branches")
+                         else [])
         params = inspect.signature(module.forward).parameters
         names = [m.name for m in self._inputs_meta]
         takes_names = all(n in params for n in names) or any(
@@ -112,13 +145,7 @@ class TorchRunner(Runner):
 
     # ---- inference ---------------------------------------------------------------------------
     def _to_device(self, arr: np.ndarray) -> Any:
-        torch = self._torch
-        t = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device, non_blocking=True)
-        if t.is_floating_point() and self.precision != "fp32" and self.cast == "module":
-            t = t.to(self._dtype)
-        if self.channels_last and t.dim() == 4:
-            t = t.contiguous(memory_format=torch.channels_last)
-        return t
+        return self._prepare(self._torch.from_numpy(np.ascontiguousarray(arr)))
 
     def _forward(self, tensors: dict[str, Any]) -> dict[str, Any]:
         torch = self._torch
@@ -127,8 +154,25 @@ class TorchRunner(Runner):
         # autocast's weight cache must stay off while CUDA graphs are captured (freed casts)
         with torch.autocast(device_type=kind, dtype=self._dtype, enabled=use_autocast,
                             cache_enabled=not self.cuda_graphs):
+            if self._streams and len(tensors) == 1 and not self.compile:
+                return self._name_outputs(self._forward_branches(next(iter(tensors.values()))))
             out = self._call(next(iter(tensors.values()))) if self._positional else self._call(**tensors)
         return self._name_outputs(out)
+
+    def _forward_branches(self, x: Any) -> dict[str, Any]:
+        """``module.branches()`` on one CUDA stream each, joined back into the current stream (also
+        inside a CUDA graph capture, where it records parallel branches)."""
+        torch = self._torch
+        current = torch.cuda.current_stream()
+        out: dict[str, Any] = {}
+        for branch, stream in zip(self.module.branches(), self._streams):
+            stream.wait_stream(current)
+            with torch.cuda.stream(stream):
+                out.update(branch(x))
+        for stream in self._streams:
+            current.wait_stream(stream)
+        names = self._output_names or list(out)
+        return {k: out[k] for k in names if k in out}
 
     def _name_outputs(self, out: Any) -> dict[str, Any]:
         torch = self._torch
@@ -159,18 +203,44 @@ class TorchRunner(Runner):
         torch = self._torch
         with torch.inference_mode():
             if self.cuda_graphs:
-                outputs = self._replay(feed)
+                outputs = self._replay({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feed.items()})
             else:
                 outputs = self._forward({k: self._to_device(v) for k, v in feed.items()})
             return self._to_numpy(outputs)
 
-    def _replay(self, feed: dict[str, np.ndarray]) -> dict[str, Any]:
-        """CUDA graph per input signature: capture on first sight (after warm-up), replay after."""
+    def infer_tensors(self, feed: dict[str, Any]) -> dict[str, Any]:
+        """Device tensors in, device tensors out (no host copy): the path of the SDK's torch stages.
+
+        Outputs are float32. With CUDA graphs they are views of the graph's static buffers, valid
+        until the next call with the same batch size: copy what you keep.
+        """
+        if not self.is_active:
+            self.activate()
         torch = self._torch
-        key = tuple((k, v.shape, v.dtype.str) for k, v in sorted(feed.items()))
+        with torch.inference_mode():
+            if self.cuda_graphs:
+                out = self._replay(feed)
+            else:
+                out = self._forward({k: self._prepare(v) for k, v in feed.items()})
+            return {k: v.float() for k, v in out.items()}
+
+    def _prepare(self, t: Any) -> Any:
+        torch = self._torch
+        t = t.to(self.device, non_blocking=True)
+        if t.is_floating_point() and self.precision != "fp32" and self.cast == "module":
+            t = t.to(self._dtype)
+        if self.channels_last and t.dim() == 4:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    def _replay(self, feed: dict[str, Any]) -> dict[str, Any]:
+        """CUDA graph per input signature: capture on first sight (after warm-up), replay after.
+        ``feed``: torch tensors (host or device)."""
+        torch = self._torch
+        key = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in sorted(feed.items()))
         entry = self._graphs.get(key)
         if entry is None:
-            static_in = {k: self._to_device(v) for k, v in feed.items()}
+            static_in = {k: self._prepare(v) for k, v in feed.items()}
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -183,6 +253,6 @@ class TorchRunner(Runner):
             entry = self._graphs[key] = (graph, static_in, static_out)
         graph, static_in, static_out = entry
         for k, v in feed.items():
-            static_in[k].copy_(torch.from_numpy(v))  # casts dtype / memory format into the static buffer
+            static_in[k].copy_(v, non_blocking=True)  # casts dtype / memory format into the static buffer
         graph.replay()
         return static_out

@@ -251,18 +251,20 @@ class FrameGeometry:
     """One frame's :func:`decode` and :func:`project`, each part computed when it is first read.
 
     ``params``: the decode's inputs (copied: the encoder may reuse its output buffers); ``affines``
-    ``(B, 2, 3)`` model -> image; ``geometry``: an existing decode of ``params`` (e.g. from the
-    refine pass), else decoded on first need. :attr:`model_frame` reads like a
+    ``(B, 2, 3)`` model -> image; ``geometry``: an existing decode of ``params``, or a view of
+    another :class:`FrameGeometry` of the same parameters (e.g. the refine check's) whose decode is
+    shared; else decoded on first need. :attr:`model_frame` reads like a
     :class:`~smirk_edge.face_model.FaceGeometry`, :attr:`image_frame` like a :class:`Projected`;
     :func:`assemble` gives its faces deferred fields on them. Thread-safe; each part is computed once.
     """
 
     def __init__(self, face_model: FaceModel, params: Mapping[str, np.ndarray], affines: np.ndarray,
-                 geometry: FaceGeometry | None = None):
+                 geometry: "FaceGeometry | FrameView | None" = None):
         self.face_model = face_model
         self.params = {k: np.array(params[k], copy=True) for k in ("shape", "expression", "pose", "jaw", "eyelid")}
         self.affines = np.array(affines, np.float64)
-        self._geometry = geometry
+        self._source = geometry.frame if isinstance(geometry, FrameView) else None
+        self._geometry = None if isinstance(geometry, FrameView) else geometry
         self._image: dict[str, np.ndarray] = {}
         self._lock = threading.RLock()
         self.model_frame = FrameView(self, image=False)
@@ -271,7 +273,7 @@ class FrameGeometry:
     @property
     def decoded(self) -> bool:
         """True once the frame's parameters are decoded."""
-        return self._geometry is not None
+        return self._geometry is not None or (self._source is not None and self._source.decoded)
 
     @property
     def projected_parts(self) -> tuple[str, ...]:
@@ -282,7 +284,8 @@ class FrameGeometry:
         """The frame's :func:`decode` (computed on the first call)."""
         with self._lock:
             if self._geometry is None:
-                self._geometry = decode(self.face_model, self.params)
+                self._geometry = self._source.geometry() if self._source is not None else decode(self.face_model,
+                                                                                                  self.params)
             return self._geometry
 
     def projected(self, part: str) -> np.ndarray:
@@ -424,11 +427,19 @@ class Stages:
     def encode_crops(self, image: np.ndarray, boxes: np.ndarray, rolls: Rolls,
                      timer: StageTimer, policy: CropPolicy | None = None) -> tuple[Crops, dict[str, np.ndarray]]:
         """Stages *crop* and *encode* of one pass."""
+        crops = self.crop_frame(image, boxes, rolls, timer, policy)
+        return crops, self.encode_batch(crops.batch, timer)
+
+    def crop_frame(self, image: np.ndarray, boxes: np.ndarray, rolls: Rolls, timer: StageTimer,
+                   policy: CropPolicy | None = None) -> Crops:
+        """Stage *crop* of one frame."""
         with timer("crop"):
-            crops = crop(image, boxes, rolls, policy or self.policy)
+            return crop(image, boxes, rolls, policy or self.policy)
+
+    def encode_batch(self, batch: Any, timer: StageTimer) -> dict[str, np.ndarray]:
+        """Stage *encode* of a crop batch (``Crops.batch``)."""
         with timer("encode"):
-            params = encode(self.encoder, crops.batch, self.input_name, self.widths)
-        return crops, params
+            return encode(self.encoder, batch, self.input_name, self.widths)
 
     def reconstruct(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, rolls: Rolls,
                     refine_pass: bool | str, timer: StageTimer, refine_threshold: float = 0.0) -> list[Face]:
@@ -438,50 +449,100 @@ class Stages:
         ``"auto"`` does so only for faces whose landmark box disagrees with the first crop's box by
         more than ``refine_threshold`` (:func:`box_disagreement`); False never.
         """
-        crops, params = self.encode_crops(image, boxes, rolls, timer)
+        return self.reconstruct_many([image], [Detected(np.asarray(boxes, np.float64).reshape(-1, 4),
+                                                        np.asarray(scores), rolls)],  # type: ignore[arg-type]
+                                     refine_pass, timer, refine_threshold)[0]
+
+    def reconstruct_many(self, images: Sequence[np.ndarray], detections: Sequence[Detected],
+                         refine_pass: bool | str, timer: StageTimer, refine_threshold: float = 0.0
+                         ) -> list[list[Face]]:
+        """:meth:`reconstruct` of several frames with one encoder batch per pass (all their faces),
+        one decode and one projection: what ``Reconstructor.batch`` runs."""
+        counts = [len(d.boxes) for d in detections]
+        owner = np.repeat(np.arange(len(images)), counts)
+        boxes = np.concatenate([np.asarray(d.boxes, np.float64).reshape(-1, 4) for d in detections])
+        scores = np.concatenate([np.asarray(d.scores, np.float64).reshape(-1) for d in detections])
+        rolls = None if all(d.rolls is None for d in detections) else np.concatenate(
+            [np.zeros(n) if d.rolls is None else np.asarray(d.rolls, np.float64).reshape(-1)
+             for d, n in zip(detections, counts)])
+
+        def crop_pass(sel: np.ndarray, bx: np.ndarray, rl: np.ndarray | None) -> Crops:
+            # ``sel`` (the frame of each face) is sorted, so the joined batch keeps the faces' order
+            parts = [self.crop_frame(images[i], bx[sel == i], None if rl is None else rl[sel == i], timer)
+                     for i in range(len(images)) if np.any(sel == i)]
+            return parts[0] if len(parts) == 1 else self.join_crops(parts)
+
+        crops = crop_pass(owner, boxes, rolls)
+        params = self.encode_batch(crops.batch, timer)
         geometry = affines = None
         if refine_pass and len(crops):
-            with timer("decode"):  # the refine pass's own decode and projection count as decode
-                affines = image_affines(params["cam"], [t.matrix for t in crops.transforms], self.policy.size)
-                first = FrameGeometry(self.face_model, params, affines)  # projects only the 105 landmarks
-                new_boxes, new_rolls = refine(params, first.image_frame, crops)
-                geometry = first.geometry()
+            geometry, projected = self.decode_project(params, crops, timer)
+            affines = projected.affines
+            with timer("decode"):  # the refine check's decode (deferred in the numpy stages) counts as decode
+                new_boxes, new_rolls = refine(params, projected, crops)
             redo = np.ones(len(crops), bool)
             if refine_pass == "auto":
                 redo = box_disagreement(boxes, new_boxes) > refine_threshold
             if redo.any():
                 geometry = affines = None  # decoded again below, from the second pass
             if redo.all():
-                crops, params = self.encode_crops(image, new_boxes, new_rolls, timer)
+                crops = crop_pass(owner, new_boxes, new_rolls)
+                params = self.encode_batch(crops.batch, timer)
             elif redo.any():
                 idx = np.flatnonzero(redo)
-                again, again_params = self.encode_crops(image, new_boxes[idx], np.asarray(new_rolls)[idx], timer)
-                transforms = list(crops.transforms)
-                for j, i in enumerate(idx):
-                    transforms[i] = again.transforms[j]
-                batch = crops.batch.copy()
-                batch[idx] = again.batch
-                crops = Crops(transforms, batch)
+                again = crop_pass(owner[idx], new_boxes[idx], np.asarray(new_rolls)[idx])
+                again_params = self.encode_batch(again.batch, timer)
+                crops = self.merge_crops(crops, idx, again)
                 params = {k: v.copy() for k, v in params.items()}
                 for k in params:
                     params[k][idx] = again_params[k]
-        return self.faces(params, crops, boxes, scores, timer, affines, geometry=geometry)
+        faces = self.faces(params, crops, boxes, scores, timer, affines, geometry=geometry)
+        cuts = np.cumsum([0] + counts)
+        return [faces[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
 
     def faces(self, params: dict[str, np.ndarray], crops: Crops, boxes: np.ndarray, scores: np.ndarray,
               timer: StageTimer, affines: np.ndarray | None = None,
-              track_ids: Sequence[int] | None = None, geometry: FaceGeometry | None = None) -> list[Face]:
-        """The :class:`Face` records; their geometry is the stages *decode* and *project* of a
-        :class:`FrameGeometry`, computed when a face first reads it (``geometry``: already decoded
-        from ``params``, e.g. by an adaptive refine pass that kept the first crop)."""
+              track_ids: Sequence[int] | None = None,
+              geometry: FaceGeometry | FrameView | None = None) -> list[Face]:
+        """The :class:`Face` records of :meth:`decode_project` (numpy stages: a :class:`FrameGeometry`,
+        computed when a face first reads it; ``geometry``: already decoded from ``params``, e.g. by
+        an adaptive refine pass that kept the first crop)."""
         if not len(crops):
             return []
-        timer.ms.setdefault("decode", 0.0)  # decoded when first read, not in this call (unless the refine pass did)
+        timer.ms.setdefault("decode", 0.0)  # numpy stages: decoded when first read, not in this call
+        geometry, projected = self.decode_project(params, crops, timer, affines, geometry)
+        with timer("project"):
+            return assemble(params, geometry, projected, crops, boxes, scores, self.face_model.faces,
+                            track_ids, self.engine)
+
+    def decode_project(self, params: Mapping[str, np.ndarray], crops: Crops, timer: StageTimer,
+                       affines: np.ndarray | None = None, geometry: FaceGeometry | FrameView | None = None
+                       ) -> tuple[FaceGeometry | FrameView, Projected | FrameView]:
+        """Stages *decode* and *project* of a batch, deferred: the two views of a :class:`FrameGeometry`,
+        each part computed when first read (``affines``/``geometry``: already at hand; a ``geometry``
+        view of an earlier pass shares its decode)."""
         with timer("project"):
             if affines is None:
                 affines = image_affines(params["cam"], [t.matrix for t in crops.transforms], self.policy.size)
             frame = FrameGeometry(self.face_model, params, affines, geometry)
-            return assemble(params, frame.model_frame, frame.image_frame, crops, boxes, scores, self.face_model.faces,
-                            track_ids, self.engine)
+        return frame.model_frame, frame.image_frame
+
+    def merge_crops(self, crops: Crops, idx: np.ndarray, again: Crops) -> Crops:
+        """``crops`` with the faces ``idx`` replaced by those of ``again`` (a second crop pass)."""
+        transforms = list(crops.transforms)
+        for j, i in enumerate(idx):
+            transforms[i] = again.transforms[j]
+        batch = crops.batch.copy()
+        batch[idx] = again.batch
+        return Crops(transforms, batch)
+
+    def join_crops(self, parts: Sequence[Crops]) -> Crops:
+        """One batch of the crops of several frames (``Reconstructor.batch`` encodes them at once)."""
+        transforms = [t for p in parts for t in p.transforms]
+        batches = [p.batch for p in parts if len(p)]
+        batch = np.concatenate(batches) if batches else np.zeros((0, 3, self.policy.size, self.policy.size),
+                                                                 np.float32)
+        return Crops(transforms, batch)
 
 
 def check_landmarks(landmarks: Sequence[np.ndarray]) -> np.ndarray:

@@ -127,8 +127,14 @@ class Reconstructor:
         self._runners += list(self.detector.runners.values())
         policy = CropPolicy(info.crop_scale if opts.crop_scale is None else opts.crop_scale, info.input_size,
                             opts.align_roll)
-        self.stages = Stages(self.detector, self.encoder, self.face_model, policy, opts.max_faces,
-                             info.input_name, dict(info.outputs), self.engine)
+        if self.encoder.engine == "torch":  # crop, encode, decode and project on the runner's device
+            from .runtimes.torch_pipeline import TorchStages
+
+            self.stages: Stages = TorchStages(self.detector, self.encoder, self.face_model, policy, opts.max_faces,
+                                              info.input_name, dict(info.outputs), self.engine)
+        else:
+            self.stages = Stages(self.detector, self.encoder, self.face_model, policy, opts.max_faces,
+                                 info.input_name, dict(info.outputs), self.engine)
 
     def _open_encoder(self, registry):
         """The encoder runner; an int8 ONNX artifact not gated for this CPU class is skipped (logged),
@@ -137,6 +143,8 @@ class Reconstructor:
         opts = self.options
         from .runtimes.base import RunnerError
 
+        if _wants_torch(opts.backend, opts.device, self.bundle):
+            return self._open_torch(registry)
         arts = self.bundle.runnable_encoders(opts.precision)
         skipped = list(self.bundle.skipped_for_cpu)
         try:
@@ -151,6 +159,36 @@ class Reconstructor:
                       RuntimeWarning, stacklevel=3)
         return registry.open_artifact(self.bundle.runnable_encoders(None), self.bundle.main_path, opts.backend,
                                       None, opts.device, self.threads)
+
+    def _open_torch(self, registry):
+        """The torch backend: the bundle's ``torch-checkpoint`` encoder on ``device`` (default: CUDA
+        when torch sees a GPU, else the CPU) at ``precision`` (default fp16 on CUDA, fp32 on the CPU;
+        the weights are stored in fp16, so fp32 computes with the same values as the fp32 ONNX)."""
+        opts = self.options
+        info = self.bundle.info
+        arts = [a for a in self.bundle.runnable_encoders(None) if a.kind == "torch-checkpoint"]
+        if not arts:
+            from .runtimes.base import RunnerError
+
+            raise RunnerError(f"backend='torch' needs a torch-checkpoint artifact; bundle {self.bundle.root} has "
+                              "none (export with --formats torch, or use the embedded default model)")
+        device = opts.device
+        if device is None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        precision = opts.precision or ("fp16" if str(device).startswith("cuda") else "fp32")
+        if precision == "int8":
+            from .errors import OptionError
+
+            raise OptionError("backend='torch' runs fp32, fp16 (CUDA) or bf16; int8 is for ONNX Runtime/OpenVINO")
+        runner = registry.make_runner("torch", self.bundle.main_path(arts[0]), precision=precision,
+                                      device=str(device), input_name=info.input_name, input_size=info.input_size)
+        runner.activate()
+        selection = registry.Selection("torch", arts[0], "asked for" if opts.backend == "torch" else
+                                       "a CUDA device was asked for and ONNX Runtime has no CUDA provider here")
+        reason = f"torch: {selection.reason}, opens {arts[0].path} on {device} in {precision}"
+        return registry.Opened(runner, "torch", arts[0], selection, reason)
 
     # ------------------------------------------------------------------ options, read-only views
     @property
@@ -227,8 +265,27 @@ class Reconstructor:
             return self._result(faces, timer)
 
     def batch(self, images: Iterable[np.ndarray | str | os.PathLike]) -> list[FrameResult]:
-        """Reconstruct a list of images (each independently); same errors as :meth:`__call__`."""
-        return [self(im) for im in images]
+        """Reconstruct a list of images; same results and errors as :meth:`__call__` on each.
+
+        Each image is decoded and searched for faces on its own; then the faces of all images go
+        through the encoder as one batch per pass (and through decode and projection as one batch),
+        which is what makes a GPU fast. The results' ``timings`` are those of the whole batch.
+        """
+        with self._lock:
+            timer = StageTimer()
+            with timer("decode_image"):
+                imgs = [load_image(im) if isinstance(im, (str, os.PathLike)) else as_bgr_uint8(im) for im in images]
+            dets = [self.stages.detect(img, timer) for img in imgs]
+            per_image = self.stages.reconstruct_many(imgs, dets, self.options.refine, timer,
+                                                     self.options.refine_threshold)
+            timings = timer.finish()
+            self.timings = timings
+            results = []
+            for faces in per_image:
+                for f in faces:
+                    f.timings = dict(timings)
+                results.append(FrameResult(faces, dict(timings)))
+            return results
 
     def from_landmarks(self, image: np.ndarray, landmarks: Sequence[np.ndarray]) -> FrameResult:
         """Reconstruct faces whose landmarks are known (e.g. MediaPipe's 478): SMIRK's exact crop, no detector.
@@ -274,6 +331,23 @@ class Reconstructor:
         raise at once (OptionError, InputError), not at the first frame.
         """
         return Stream(self, frames, _check_timestamps(timestamps), check_on_error(on_error))
+
+
+def _wants_torch(backend: str, device: str | None, bundle: Bundle) -> bool:
+    """backend='torch', or 'auto' with a CUDA device that ONNX Runtime cannot serve here (no CUDA
+    execution provider) while the bundle has a torch artifact."""
+    if backend == "torch":
+        return True
+    if backend != "auto" or device is None or not str(device).lower().startswith("cuda"):
+        return False
+    if not any(a.kind == "torch-checkpoint" for a in bundle.encoders()):
+        return False
+    try:
+        import onnxruntime
+
+        return "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
+    except ImportError:
+        return True
 
 
 def _check_stamp(value: Any, index: int) -> float:

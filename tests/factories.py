@@ -84,7 +84,8 @@ def random_params(batch: int, seed: int = 0, scale: float = 1.0) -> dict[str, np
     }
 
 
-def make_tiny_bundle(root, seed: int = 0, face_model_arrays: dict | None = None, openvino: bool = False):
+def make_tiny_bundle(root, seed: int = 0, face_model_arrays: dict | None = None, openvino: bool = False,
+                     torch_artifact: bool = False):
     """A bundle with a random-weight tiny encoder (ONNX fp32, dynamic batch), a face model and no
     detector artifacts (the Reconstructor then uses the detectors shipped in the package).
 
@@ -104,6 +105,11 @@ def make_tiny_bundle(root, seed: int = 0, face_model_arrays: dict | None = None,
     enc = SmirkEncoder(EncoderConfig.tiny())
     enc.init_weights()
     enc.eval()
+    if torch_artifact:
+        with torch.no_grad():
+            for p in enc.state_dict().values():
+                if p.is_floating_point():
+                    p.copy_(p.half().float())
     onnx_path = root / "encoder.onnx"
     torch.onnx.export(enc, (torch.rand(2, 3, 224, 224),), str(onnx_path), input_names=["image"],
                       output_names=list(OUTPUT_NAMES),
@@ -122,4 +128,8 @@ def make_tiny_bundle(root, seed: int = 0, face_model_arrays: dict | None = None,
         ir = root / "encoder.xml"
         ov.save_model(ov.convert_model(str(onnx_path)), str(ir), compress_to_fp16=False)
         w.add("encoder-ir", "openvino-ir", "encoder", [ir, ir.with_suffix(".bin")], precision="fp32")
+    if torch_artifact:  # stored in fp16: the ONNX above was exported from the same (rounded) weights
+        from smirk_edge.export.torch_artifact import add_torch_artifact
+
+        add_torch_artifact(w, enc, root)
     return w.write(), enc

@@ -13,7 +13,8 @@ import pytest
 from smirk_edge.bundle import Bundle
 from smirk_edge.reconstructor import default_bundle_path
 
-MAX_BYTES = 30 * 1000 * 1000  # the package's whole default bundle
+MAX_BYTES = 30 * 1000 * 1000  # the default bundle without its torch artifact (the CPU engines' download)
+TORCH_BYTES = 8 * 1000 * 1000  # encoder.torch.pt: the GPU path's encoder, also the default training checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +34,13 @@ def astronaut():
 def test_default_bundle_is_complete_intact_and_small(bundle):
     bundle.verify_all()  # every file against its sha256
     root = default_bundle_path()
-    total = sum(p.stat().st_size for p in root.iterdir() if p.is_file())
-    assert total < MAX_BYTES, f"default bundle is {total / 1e6:.1f} MB"
+    total = sum(p.stat().st_size for p in root.iterdir() if p.is_file() and p.name != "encoder.torch.pt")
+    assert total < MAX_BYTES, f"default bundle is {total / 1e6:.1f} MB without its torch artifact"
+    assert (root / "encoder.torch.pt").stat().st_size < TORCH_BYTES
     man = json.loads((root / "manifest.json").read_text())
     have = {(a["kind"], a["role"], a["precision"]) for a in man["artifacts"]}
     for need in [("onnx", "encoder", "fp32"), ("onnx", "fused", "int8"), ("face-model", "face_model", None), ("golden", "golden", None),
-                 ("model-card", "model_card", None)]:
+                 ("model-card", "model_card", None), ("torch-checkpoint", "encoder", "fp32")]:
         assert need in have, need
     assert sum(a["role"] == "detector" for a in man["artifacts"]) == 2
     for a in man["artifacts"]:
@@ -140,7 +142,8 @@ def test_int8_onnx_runs_only_on_the_engine_it_was_gated_on(bundle):
     """v2 ships no OpenVINO int8 IR (NNCF's failed the gate): OpenVINO runs the fp32 encoder, and the
     int8 QDQ graphs (gated on ONNX Runtime) are not handed to OpenVINO, which was 1.3 px off on them."""
     names = {a.name: (a.kind, a.precision) for a in bundle.encoders()}
-    assert names == {"encoder.onnx": ("onnx", "fp32"), "fused.int8.onnx": ("onnx", "int8")}  # the fused graph stands in
+    assert names == {"encoder.onnx": ("onnx", "fp32"), "fused.int8.onnx": ("onnx", "int8"),  # the fused graph stands in
+                     "encoder.torch.pt": ("torch-checkpoint", "fp32")}
     for a in bundle.artifacts:
         if a.precision == "int8":
             assert a.attrs["accuracy"]["engine"] == "onnxruntime"

@@ -175,3 +175,29 @@ def test_setting_a_field_replaces_its_deferred_value(rec, group_photo):
     assert "landmarks68" not in f.pending() and not f.landmarks68.any()
     with pytest.raises(AttributeError):
         Face.landmarks68  # noqa: B018 - a field without a class default
+
+
+def test_the_refine_check_decode_is_shared_with_the_faces(group_photo, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'smirk-edge[onnxruntime]')")
+    from smirk_edge import Reconstructor
+
+    with Reconstructor(backend="onnxruntime", precision="fp32", threads=1, refine="auto", refine_threshold=1.0) as r:
+        counting = Counting(r.face_model)
+        monkeypatch.setattr(r.stages, "face_model", counting)
+        faces = r(group_photo)
+        assert counting.calls == 1 and faces.timings["decode"] > 0  # the check decoded in the call
+        assert all(f.pending() == DEFERRED_FIELDS for f in faces)
+        _ = [(f.vertices, f.vertices_image, f.landmarks68) for f in faces]
+        assert counting.calls == 1  # the faces reuse the check's decode
+        assert_equal_to_eager(r, faces)
+
+
+def test_batch_faces_equal_single_calls(rec, group_photo):
+    other = np.ascontiguousarray(group_photo[:, ::-1])
+    batched = rec.batch([group_photo, other])
+    for img, got in zip([group_photo, other], batched):
+        single = rec(img)
+        assert len(got) == len(single) and all(f.pending() == DEFERRED_FIELDS for f in got)
+        for a, b in zip(got, single):
+            np.testing.assert_allclose(a.landmarks68, b.landmarks68, atol=1e-3)
+        assert_equal_to_eager(rec, got)

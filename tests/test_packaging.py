@@ -45,6 +45,6 @@ def test_wheel_carries_what_its_commands_need(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {p.name for p in (REPO / "configs").glob("*.yaml")}
     assert {f"smirk_edge/configs/{c}" for c in configs} <= names
-    assert "smirk_edge/training/checkpoints/default_encoder_fp16.pt" in names
+    assert "smirk_edge/assets/default_bundle/encoder.torch.pt" in names  # the default checkpoint, once
     assert "smirk_edge/assets/default_bundle/manifest.json" in names and "smirk_edge/gltf.py" in names
     assert wheel.stat().st_size < WHEEL_BUDGET_BYTES, wheel.stat().st_size

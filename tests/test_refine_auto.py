@@ -45,13 +45,13 @@ def _run(photo, **kw):
 
     with Reconstructor(backend="onnxruntime", precision="fp32", threads=1, **kw) as rec:
         passes = []
-        real = rec.stages.encode_crops
+        real = rec.stages.encode_batch
 
-        def counting(image, boxes, rolls, timer, policy=None):
-            passes.append(len(boxes))
-            return real(image, boxes, rolls, timer, policy)
+        def counting(batch, timer):
+            passes.append(len(batch))
+            return real(batch, timer)
 
-        rec.stages.encode_crops = counting
+        rec.stages.encode_batch = counting
         res = rec(photo)
         return res, passes, rec
 

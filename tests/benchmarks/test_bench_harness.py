@@ -52,26 +52,6 @@ def test_warp_float64_matches_opencv():
     assert np.abs(ours - ref)[2:-2, 2:-2].max() < 1.0
 
 
-@needs_torch
-def test_gpu_crop_theta_matches_opencv():
-    import cv2
-    import torch
-    import torch.nn.functional as F
-
-    from smirk_edge.benchmarks.gpu import theta_from_crop_matrix
-    from smirk_edge.crop import crop_from_box
-
-    img = _smooth_image(90, 140)
-    tr = crop_from_box(np.array([40.0, 10.0, 100.0, 80.0]), 1.4, 48)
-    theta = torch.from_numpy(theta_from_crop_matrix(tr.matrix, 140, 90, 48)[None].astype(np.float32))
-    x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
-    grid = F.affine_grid(theta, [1, 3, 48, 48], align_corners=True)
-    got = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0].permute(1, 2, 0)
-    ref = cv2.warpAffine(img.astype(np.float32), tr.matrix, (48, 48), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    assert np.abs(got.numpy() - ref)[1:-1, 1:-1].max() < 1.0
-
-
 def _fake_rows() -> list[dict]:
     machine = {"cpu": {"model": "Test CPU", "logical_cores": 2, "usable_cores": 2, "arch": "x86_64", "flags": []},
                "gpus": [], "python": "3.11", "platform": "Linux", "smirk_edge": "0"}

@@ -92,8 +92,8 @@ def test_make_runner_rejects_unknown_options_with_a_hint(tiny_onnx):
         make_runner("openvino", tiny_onnx, threds=1)
     with pytest.raises(OptionError, match="did you mean 'onnxruntime'"):
         make_runner("onnxruntim", tiny_onnx)
-    with pytest.raises(OptionError, match="not made from a file path"):
-        make_runner("torch", "model.pt")
+    with pytest.raises(OptionError, match=r"'cuda_graph' \(did you mean 'cuda_graphs'\?\)"):
+        make_runner("torch", "encoder.torch.pt", cuda_graph=True)
 
 
 @pytest.mark.onnxruntime

@@ -1,0 +1,278 @@
+"""The frame pipeline on a torch device: :class:`TorchStages`, the stages of
+:mod:`smirk_edge.pipeline` with crop, encode, decode and project running in torch.
+
+What runs where, per frame (``Reconstructor(backend="torch", device="cuda")``):
+
+1. *detect*: the bundle's BlazeFace graph on the CPU engine (ONNX Runtime / OpenVINO), on one
+   128 px resize of the frame; in video the tracker skips it on most frames.
+2. *crop*: only the part of the frame the crops read is uploaded (the bounding rectangle of the
+   crops' source squares, clipped to the frame: a few hundred KB for one face in 720p instead of
+   2.7 MB), through a pinned staging buffer with an asynchronous copy; the crops are cut on the
+   device with ``affine_grid`` / ``grid_sample`` from the SDK's own crop matrices (bilinear, zero
+   borders, rounded to integers as OpenCV's ``warpAffine`` of uint8 frames is).
+3. *encode*: :meth:`TorchRunner.infer_tensors` (fp16/bf16 module cast, channels-last, one CUDA
+   graph per batch size on CUDA).
+4. *decode* and *project*: the face model (:class:`~smirk_edge.runtimes.torch_face_model.FaceModelLayer`)
+   and the model-to-image affines in torch, captured as one CUDA graph per batch size on CUDA;
+   everything the :class:`~smirk_edge.results.Face` records hold comes back in one packed copy.
+
+The parameters come back to the host between *encode* and *decode* (a few hundred floats per
+face), since video smoothing and the refine pass work on them there. Results equal the numpy
+stages' within float rounding at fp32 (tests hold landmarks to 0.05 px on real photos).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..crop import CropTransform
+from ..face_model.model import FaceGeometry
+from ..pipeline import CropPolicy, Crops, Projected, Rolls, Stages, StageTimer, crop_transforms, image_affines
+from .torch_face_model import FaceModelLayer
+from .torch_runner import TorchRunner
+
+__all__ = ["TorchStages", "FrameUpload", "crop_thetas", "source_region"]
+
+
+def source_region(matrices: Sequence[np.ndarray], size: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)``: the pixels of an ``height x width`` frame that crops of side ``size``
+    through the image -> crop ``matrices`` read (their source squares' bounding rectangle, one
+    pixel of margin for the bilinear taps, clipped to the frame; empty when every crop is outside)."""
+    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
+    pts = []
+    for m in matrices:
+        m3 = np.vstack([np.asarray(m, np.float64), [0.0, 0.0, 1.0]])
+        pts.append((np.linalg.inv(m3) @ corners.T)[:2].T)
+    p = np.concatenate(pts)
+    x0 = int(np.clip(np.floor(p[:, 0].min()) - 1, 0, width))
+    y0 = int(np.clip(np.floor(p[:, 1].min()) - 1, 0, height))
+    x1 = int(np.clip(np.ceil(p[:, 0].max()) + 2, x0, width))
+    y1 = int(np.clip(np.ceil(p[:, 1].max()) + 2, y0, height))
+    return x0, y0, x1, y1
+
+
+def crop_thetas(matrices: Sequence[np.ndarray], size: int, region: tuple[int, int, int, int]) -> np.ndarray:
+    """``(B, 2, 3)`` float32 ``affine_grid`` matrices (``align_corners=False``) that cut, from the
+    uploaded ``region`` of the frame, the crop each image -> crop matrix describes.
+
+    Output pixel ``u`` (normalised ``(2u + 1) / S - 1``) reads region pixel ``M^-1 u - offset``
+    (normalised ``(2x + 1) / w - 1``): pixel centres at integers, as OpenCV's ``warpAffine``.
+    """
+    x0, y0, x1, y1 = region
+    w, h = max(x1 - x0, 1), max(y1 - y0, 1)
+    out_to_px = np.array([[size / 2.0, 0.0, (size - 1) / 2.0], [0.0, size / 2.0, (size - 1) / 2.0], [0, 0, 1]])
+    px_to_norm = np.array([[2.0 / w, 0.0, 1.0 / w - 1.0 - 2.0 * x0 / w],
+                           [0.0, 2.0 / h, 1.0 / h - 1.0 - 2.0 * y0 / h], [0, 0, 1]])
+    thetas = []
+    for m in matrices:
+        m3 = np.vstack([np.asarray(m, np.float64), [0.0, 0.0, 1.0]])
+        thetas.append((px_to_norm @ np.linalg.inv(m3) @ out_to_px)[:2])
+    return np.asarray(thetas, np.float32).reshape(-1, 2, 3)
+
+
+class FrameUpload:
+    """Host -> device copies of frame regions through one reused pinned buffer (CUDA), or views (CPU).
+
+    The pinned buffer is rewritten by the next upload: callers synchronise with the device
+    (the stages do, when results come back) before the next frame.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self._pinned: torch.Tensor | None = None
+
+    def __call__(self, image: np.ndarray, region: tuple[int, int, int, int]) -> torch.Tensor:
+        """``(1, 3, h, w)`` float32 BGR on the device: the region of a ``(H, W, 3)`` uint8 frame."""
+        x0, y0, x1, y1 = region
+        part = image[y0:y1, x0:x1]
+        if part.size == 0:
+            part = np.zeros((1, 1, 3), np.uint8)
+        if self.cuda:
+            n = part.size
+            if self._pinned is None or self._pinned.numel() < n:
+                self._pinned = torch.empty(max(n, 1 << 20), dtype=torch.uint8, pin_memory=True)
+            staging = self._pinned[:n].view(part.shape)
+            np.copyto(staging.numpy(), part)
+            dev = staging.to(self.device, non_blocking=True)
+        else:
+            dev = torch.from_numpy(np.ascontiguousarray(part))
+        return dev.permute(2, 0, 1)[None].float()
+
+
+class _Graphed:
+    """A function of fixed-shape tensors, captured as one CUDA graph per input signature (CUDA) or
+    called as is (CPU). Outputs of a replay are the graph's static buffers."""
+
+    def __init__(self, fn: Any, cuda: bool):
+        self.fn, self.cuda = fn, cuda
+        self._graphs: dict[tuple, tuple[Any, list[torch.Tensor], Any]] = {}
+
+    def __call__(self, *args: torch.Tensor) -> Any:
+        if not self.cuda:
+            return self.fn(*args)
+        key = tuple((tuple(a.shape), a.dtype) for a in args)
+        entry = self._graphs.get(key)
+        if entry is None:
+            static = [a.clone() for a in args]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self.fn(*static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.fn(*static)
+            entry = self._graphs[key] = (graph, static, out)
+        graph, static, out = entry
+        for s, a in zip(static, args):
+            s.copy_(a, non_blocking=True)
+        graph.replay()
+        return out
+
+
+@dataclass
+class TorchStages(Stages):
+    """:class:`~smirk_edge.pipeline.Stages` whose crop, encode, decode and project run in torch on
+    the encoder runner's device. ``Crops.batch`` is a device tensor here; parameters and results
+    are numpy, as in the numpy stages."""
+
+    layer: Any = None
+    _upload: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        runner = self.encoder
+        if not isinstance(runner, TorchRunner):
+            raise TypeError(f"TorchStages needs a TorchRunner encoder, got {type(runner).__name__}")
+        if not runner.is_active:
+            runner.activate()
+        self.device = torch.device(runner.device)
+        self.cuda = self.device.type == "cuda"
+        if self.layer is None:
+            self.layer = FaceModelLayer.from_arrays(self.face_model.arrays, self.face_model.model_id)
+        self.layer = self.layer.to(self.device).eval()
+        self._upload = FrameUpload(self.device)
+        self._decode = _Graphed(self._decode_project, self.cuda)
+        self._host: torch.Tensor | None = None
+        self._names = list(self.widths)
+
+    # ------------------------------------------------------------------ crop and encode
+    def crop_frame(self, image: np.ndarray, boxes: np.ndarray, rolls: Rolls, timer: StageTimer,
+                   policy: CropPolicy | None = None) -> Crops:
+        """Stage *crop* on the device: the transforms (numpy, as the numpy stages) and the batch."""
+        policy = policy or self.policy
+        with timer("crop"):
+            transforms = crop_transforms(boxes, rolls, policy)
+            return Crops(transforms, self._cut(image, transforms, policy.size))
+
+    def _cut(self, image: np.ndarray, transforms: Sequence[CropTransform], size: int) -> torch.Tensor:
+        if not transforms:
+            return torch.zeros((0, 3, size, size), device=self.device)
+        matrices = [t.matrix for t in transforms]
+        region = source_region(matrices, size, image.shape[0], image.shape[1])
+        frame = self._upload(image, region)
+        thetas = torch.from_numpy(crop_thetas(matrices, size, region)).to(self.device, non_blocking=True)
+        B = len(transforms)
+        grid = F.affine_grid(thetas, [B, 3, size, size], align_corners=False)
+        src = frame.expand(B, -1, -1, -1) if B > 1 else frame
+        out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return torch.round(out).flip(1).mul_(1.0 / 255.0)  # BGR -> RGB in [0, 1], integer levels as uint8
+
+    def encode_batch(self, batch: torch.Tensor, timer: StageTimer) -> dict[str, np.ndarray]:
+        """Stage *encode* of a device batch -> parameter arrays on the host (one copy)."""
+        with timer("encode"):
+            if batch.shape[0] == 0:
+                return {k: np.zeros((0, w), np.float32) for k, w in self.widths.items()}
+            out = self.encoder.infer_tensors({self.input_name: batch})
+            packed = torch.cat([out[k].reshape(batch.shape[0], -1) for k in self._names], dim=1)
+            host = packed.cpu().numpy()
+            if not np.all(np.isfinite(host)):
+                from ..errors import SmirkEdgeError
+
+                raise SmirkEdgeError(f"the encoder produced NaN/inf ({self.encoder.name}); "
+                                     "run 'smirk-edge selftest' on this bundle")
+            params, at = {}, 0
+            for k in self._names:
+                w = self.widths[k]
+                params[k] = host[:, at:at + w].copy()
+                at += w
+            return params
+
+    def merge_crops(self, crops: Crops, idx: np.ndarray, again: Crops) -> Crops:
+        transforms = list(crops.transforms)
+        for j, i in enumerate(idx):
+            transforms[i] = again.transforms[j]
+        batch = crops.batch.clone()
+        batch[torch.as_tensor(idx, device=batch.device)] = again.batch
+        return Crops(transforms, batch)
+
+    def join_crops(self, parts: Sequence[Crops]) -> Crops:
+        transforms = [t for p in parts for t in p.transforms]
+        batches = [p.batch for p in parts if len(p)]
+        batch = torch.cat(batches) if batches else torch.zeros((0, 3, self.policy.size, self.policy.size),
+                                                                device=self.device)
+        return Crops(transforms, batch)
+
+    # ------------------------------------------------------------------ decode and project
+    def _decode_project(self, params: torch.Tensor, affines: torch.Tensor) -> torch.Tensor:
+        """Packed parameters ``(B, P)`` and affines ``(B, 2, 3)`` -> one packed ``(B, K)`` result:
+        model-frame vertices, image vertices (x, y, depth), image 68 and 105 points, model-frame
+        68 and 105 points."""
+        p, at = {}, 0
+        for k in self._names:
+            p[k] = params[:, at:at + self.widths[k]]
+            at += self.widths[k]
+        g = self.layer(p["shape"], p["expression"], p["pose"], p["jaw"], p["eyelid"])
+        lin, off = affines[:, :, :2], affines[:, None, :, 2]
+        k = torch.sqrt(torch.abs(torch.linalg.det(lin)))[:, None, None]
+
+        def to_image(x: torch.Tensor) -> torch.Tensor:
+            return torch.einsum("bnk,bjk->bnj", x[..., :2], lin) + off
+
+        v = g["vertices"]
+        vi = torch.cat([to_image(v), -k * v[..., 2:3]], dim=-1)
+        B = params.shape[0]
+        parts = [v, vi, to_image(g["landmarks68"]), to_image(g["landmarks105"]), g["landmarks68"],
+                 g["landmarks105"]]
+        return torch.cat([t.reshape(B, -1) for t in parts], dim=1)
+
+    def decode_project(self, params: Mapping[str, np.ndarray], crops: Crops, timer: StageTimer,
+                       affines: np.ndarray | None = None, geometry: FaceGeometry | None = None
+                       ) -> tuple[FaceGeometry, Projected]:
+        """Stages *decode* and *project* on the device, one packed copy back (``geometry`` is
+        recomputed there: the device does it faster than the host copies it)."""
+        B = len(crops)
+        with timer("project"):
+            if affines is None:
+                affines = image_affines(params["cam"], [t.matrix for t in crops.transforms], self.policy.size)
+        with timer("decode"):
+            packed = np.concatenate([np.asarray(params[k], np.float32).reshape(B, -1) for k in self._names], 1)
+            out = self._decode(torch.from_numpy(packed).to(self.device, non_blocking=True),
+                               torch.from_numpy(np.asarray(affines, np.float32)).to(self.device, non_blocking=True))
+            host = self._download(out)  # copied out before the next replay can overwrite the graph's buffer
+        V = self.face_model.n_vertices
+        cuts = np.cumsum([0, V * 3, V * 3, 68 * 2, 105 * 2, 68 * 3, 105 * 3])
+        v, vi, l68, l105, m68, m105 = (host[:, a:b] for a, b in zip(cuts[:-1], cuts[1:]))
+        geometry = FaceGeometry(v.reshape(B, V, 3), m68.reshape(B, 68, 3), m105.reshape(B, 105, 3))
+        return geometry, Projected(np.asarray(affines, np.float64), vi.reshape(B, V, 3), l68.reshape(B, 68, 2),
+                                   l105.reshape(B, 105, 2))
+
+    def _download(self, out: torch.Tensor) -> np.ndarray:
+        """One device -> host copy of a packed result (through a reused pinned buffer on CUDA)."""
+        if not self.cuda:
+            return out.numpy().copy()
+        n = out.numel()
+        if self._host is None or self._host.numel() < n:
+            self._host = torch.empty(max(n, 1 << 16), dtype=torch.float32, pin_memory=True)
+        dst = self._host[:n].view(out.shape)
+        dst.copy_(out, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        return dst.numpy().copy()
+

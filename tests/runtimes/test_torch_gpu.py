@@ -1,0 +1,77 @@
+"""The torch backend on a CUDA GPU with the default model: landmarks within 0.05 px of ONNX Runtime
+fp32 (CPU) at fp32 on real photos, the golden crops through the gate at fp16, and the video and
+batch paths. Skips without a CUDA GPU (``python -m pytest -m gpu``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch not installed (pip install 'smirk-edge[torch]')")
+pytest.importorskip("timm", reason="timm not installed (pip install 'smirk-edge[torch]')")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'smirk-edge[onnxruntime]')")
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA GPU here (torch.cuda.is_available() is False)", allow_module_level=True)
+
+pytestmark = [pytest.mark.gpu, pytest.mark.torch]
+
+
+def _photos(limit: int = 24) -> list[np.ndarray]:
+    from smirk_edge.benchmarks.stress_sheet import example_photo
+
+    out = [cv2.imread(str(example_photo()), cv2.IMREAD_COLOR)]
+    root = Path(os.environ.get("SMIRK_EDGE_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+    afw = root / "landmarks68" / "afw"
+    for p in sorted(afw.glob("*.jpg"))[:limit] if afw.is_dir() else []:
+        out.append(cv2.imread(str(p), cv2.IMREAD_COLOR))
+    return out
+
+
+@pytest.fixture(scope="module")
+def recs():
+    from smirk_edge import Reconstructor
+
+    ref = Reconstructor(backend="onnxruntime", precision="fp32", refine=False)
+    fp32 = Reconstructor(backend="torch", device="cuda", precision="fp32", refine=False)
+    yield ref, fp32
+    ref.close()
+    fp32.close()
+
+
+def test_cuda_fp32_landmarks_within_0_05_px_of_onnxruntime(recs):
+    ref, fp32 = recs
+    worst, n = 0.0, 0
+    for img in _photos():
+        a, b = ref(img), fp32(img)
+        assert len(a) == len(b)
+        for fa, fb in zip(a, b):
+            worst = max(worst, float(np.abs(fa.landmarks68 - fb.landmarks68).max()),
+                        float(np.abs(fa.landmarks105 - fb.landmarks105).max()))
+            n += 1
+    assert n >= 1 and worst <= 0.05, f"worst landmark difference {worst:.4f} px over {n} faces"
+
+
+def test_cuda_fp16_passes_the_gate_on_the_golden_crops():
+    from smirk_edge.export.golden import selftest, selftest_verdict
+    from smirk_edge.reconstructor import default_bundle_path
+
+    rows = selftest(default_bundle_path(), backend="torch", device="cuda", precision="fp16")
+    assert rows and selftest_verdict(rows), [(r.name, r.metrics, r.failures) for r in rows]
+
+
+def test_cuda_batch_and_stream(recs):
+    from smirk_edge import Reconstructor
+
+    img = _photos(0)[0]
+    with Reconstructor(backend="torch", device="cuda") as rec:
+        single = rec(img)
+        got = rec.batch([img] * 5)
+        assert [len(r) for r in got] == [len(single)] * 5
+        for r in got:
+            np.testing.assert_allclose(r[0].landmarks68, single[0].landmarks68, atol=0.05)
+        frames = list(rec.stream([img] * 6))
+        assert all(len(f) == 1 for f in frames) and not any(f.errors for f in frames)
