@@ -57,6 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine", type=_onoff, default=["auto"],
                    help="refine pass: auto (the SDK default: only where the boxes disagree), on (always), off, "
                         "or a comma-separated list (default auto)")
+    p.add_argument("--read", type=_words(["all", "landmarks", "params"]), default=["all"],
+                   help="what each timed call reads from every face (the SDK computes geometry when first read): "
+                        "all (every field), landmarks (the 68 points), params (parameters only); comma-separated; "
+                        "default all")
     p.add_argument("--runs", type=int, default=100, help="timed runs per configuration (default 100)")
     p.add_argument("--warmup", type=int, default=10, help="warm-up runs (default 10)")
     p.add_argument("--decode-image", action="store_true", help="pass JPEG files so image decoding is timed too")
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     opts = BenchOptions(out=args.output, bundle=args.bundle, bundle_cache=args.bundle_cache, backends=args.backends,
                         precisions=args.precisions, batches=args.batch, threads=args.threads, inputs=args.input,
-                        face_photo=args.face_photo, native=args.native, modes=args.mode, refine=args.refine,
+                        face_photo=args.face_photo, native=args.native, modes=args.mode, refine=args.refine, reads=args.read,
                         runs=args.runs, warmup=args.warmup, decode_image=args.decode_image,
                         reference=not args.no_reference, encoder_suite=not args.no_encoder, hotpath=not args.no_hotpath,
                         mediapipe_python=args.mediapipe_python, budget_s=args.budget, timeout_s=args.timeout,

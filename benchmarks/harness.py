@@ -54,6 +54,7 @@ class BenchOptions:
     native: bool = False                      # image files as they are, not pasted on 720p
     modes: list[str] = field(default_factory=lambda: ["image", "video"])
     refine: list[bool | str] = field(default_factory=lambda: ["auto"])  # True, False, "auto" (the default)
+    reads: list[str] = field(default_factory=lambda: ["all"])  # .stats.READS: what each call reads per face
     runs: int = 100
     warmup: int = 10
     decode_image: bool = False
@@ -243,11 +244,13 @@ def run_bench(opts: BenchOptions) -> tuple[list[dict], dict[str, Path]]:
         for th in opts.threads:
             for mode in opts.modes:
                 for refine in opts.refine:
-                    cid = f"pipeline/{engine}/{precision}/t{th}/{mode}" + {True: "/refine", False: "/norefine"}.get(
-                        refine, "")
-                    configs.append({**common, "kind": "pipeline", "id": cid, "engine": engine, "precision": precision,
-                                    "threads": th, "mode": mode, "refine": refine, "inputs": str(inputs[mode][1]),
-                                    "decode_image": opts.decode_image and mode == "image"})
+                    for read in opts.reads:
+                        cid = f"pipeline/{engine}/{precision}/t{th}/{mode}" + {True: "/refine", False: "/norefine"}.get(
+                            refine, "") + ("" if read == "all" else f"/read-{read}")
+                        configs.append({**common, "kind": "pipeline", "id": cid, "engine": engine,
+                                        "precision": precision, "threads": th, "mode": mode, "refine": refine,
+                                        "read": read, "inputs": str(inputs[mode][1]),
+                                        "decode_image": opts.decode_image and mode == "image"})
             if opts.encoder_suite:
                 configs.append({**common, "kind": "encoder", "id": f"encoder/{engine}/{precision}/t{th}",
                                 "engine": engine, "precision": precision, "threads": th, "batches": opts.batches,
@@ -258,6 +261,7 @@ def run_bench(opts: BenchOptions) -> tuple[list[dict], dict[str, Path]]:
                         "runs": max(opts.runs, 50)})
     rows: list[dict] = []
     mp = None
+    reference_skipped = None if opts.reference else "--no-reference"
     if opts.reference:
         from smirk_edge._lazy import available
 
@@ -282,7 +286,8 @@ def run_bench(opts: BenchOptions) -> tuple[list[dict], dict[str, Path]]:
                                 "mode": "image", "inputs": str(inputs.get("image", inputs[first_mode])[1]),
                                 "mediapipe": ref_mp, "engine": "torch", "precision": "fp32"})
         else:
-            _log(opts, "[bench] torch/timm not installed: the reference path is skipped")
+            reference_skipped = "torch/timm not installed: pip install 'smirk-edge[torch]'"
+            _log(opts, f"[bench] the reference path is skipped ({reference_skipped})")
 
     for i, cfg in enumerate(configs, 1):
         _log(opts, f"[bench] {i}/{len(configs)} {cfg['id']}")
@@ -293,6 +298,7 @@ def run_bench(opts: BenchOptions) -> tuple[list[dict], dict[str, Path]]:
 
     invocation = {"run_id": run_id, "argv": sys.argv[1:], "seconds": round(time.perf_counter() - t_start, 1),
                   "inputs": {m: v[2] for m, v in inputs.items()}, "model": model,
+                  "reference_skipped": reference_skipped,
                   "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     for r in rows:
         r.setdefault("invocation", invocation)

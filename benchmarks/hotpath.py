@@ -15,6 +15,11 @@ not changed here). Rows: ``probe``, ``variant``, statistics (ms). Probes:
 * ``decode``: the numpy face model (the bundle's, and a FLAME-sized 5,041-vertex random model) vs the
   same LBS with matmuls in place of the two per-vertex ``einsum`` calls.
 * ``open``: sha256 verification of the bundle (part of constructing a Reconstructor).
+* ``outputs``: the faces of one encoder output (real parameters of the 720p face), for each face
+  model: computed in the call (decode, project, head pose, as the SDK did before a face's geometry
+  was deferred) vs :meth:`smirk_edge.pipeline.Stages.faces` (geometry computed when first read)
+  followed by reading nothing, the 68 landmarks, or every field. The variants run interleaved
+  (one call of each in turn), so a load change on a shared machine touches them alike.
 """
 
 from __future__ import annotations
@@ -41,6 +46,49 @@ def _time(fn, runs: int, warmup: int = 5) -> dict:
     return summarize(s)
 
 
+def _time_interleaved(fns: dict, runs: int, warmup: int = 5) -> dict:
+    """``{name: stats}`` of each callable, one call of each in turn (so drifting load hits all alike)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    s: dict = {k: [] for k in fns}
+    for _ in range(runs):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            s[k].append((time.perf_counter() - t) * 1e3)
+    return {k: summarize(v) for k, v in s.items()}
+
+
+def _outputs_probe(fm, params: dict, transform, size: int = 224) -> dict:
+    """The variants of the ``outputs`` probe for one face model (callables)."""
+    from smirk_edge import pipeline as P
+
+    stages = P.Stages(None, None, fm, P.CropPolicy(size=size))  # type: ignore[arg-type]
+    crops = P.Crops([transform], np.zeros((1, 3, 1, 1), np.float32))
+    boxes, scores = np.zeros((1, 4)), np.ones(1)
+
+    def eager():
+        g = P.decode(fm, params)
+        a = P.image_affines(params["cam"], [transform.matrix], size)
+        P.head_poses(params["pose"], [transform.matrix])
+        return P.assemble(params, g, P.project(g, a), crops, boxes, scores, fm.faces)
+
+    def deferred(fields):
+        def call():
+            faces = stages.faces(params, crops, boxes, scores, P.StageTimer())
+            for f in faces:
+                for k in fields:
+                    getattr(f, k)
+        return call
+
+    every = ("vertices", "vertices_image", "landmarks68", "landmarks105", "head_pose")
+    return {"computed in the call (decode, project, head pose)": eager,
+            "deferred, nothing read (parameters only)": deferred(()),
+            "deferred, landmarks68 read": deferred(("landmarks68",)),
+            "deferred, every field read": deferred(every)}
+
+
 def _lbs_matmul(fm, shape, expression, pose, jaw, eyelid):
     """The numpy face model's decode with matmuls for the two per-vertex einsums (same result)."""
     from smirk_edge.face_model.model import rodrigues
@@ -63,8 +111,6 @@ def _lbs_matmul(fm, shape, expression, pose, jaw, eyelid):
 
 
 def run(bundle_path: str, runs: int = 200, threads: int = 1) -> list[dict]:
-    import cv2
-
     from smirk_edge.bundle import Bundle
     from smirk_edge.crop import crop_from_box, preprocess
     from smirk_edge.detector import MODELS, FaceDetector, letterbox, model_path
@@ -73,7 +119,9 @@ def run(bundle_path: str, runs: int = 200, threads: int = 1) -> list[dict]:
 
     from .inputs import synthetic_720p
 
-    cv2.setNumThreads(threads)
+    from smirk_edge.cpu import apply_thread_budget
+
+    apply_thread_budget(threads)  # OpenCV and BLAS on the same budget, as in a Reconstructor
     rows: list[dict] = []
 
     def add(probe, variant, stats, note=""):
@@ -146,6 +194,10 @@ def run(bundle_path: str, runs: int = 200, threads: int = 1) -> list[dict]:
             f"{fm.n_vertices} vertices")
         add("decode", f"{name}: vertices with matmul LBS (no landmarks)", _time(lambda fm=fm: _lbs_matmul(fm, **p), runs),
             f"max |diff| {err:.1e} m")
+    params = {k: np.asarray(v, np.float32) for k, v in enc.infer({"image": x}).items()}
+    for name, fm in models:
+        for variant, st in _time_interleaved(_outputs_probe(fm, params, tr), runs).items():
+            add("outputs", f"{name}: {variant}", st, f"{fm.n_vertices} vertices, 1 face")
     return rows
 
 

@@ -131,6 +131,8 @@ def _label(r: dict) -> str:
             parts.append("no refine")
         elif r.get("refine") is True:
             parts.append("refine always")
+        if r.get("read") not in (None, "all"):
+            parts.append(f"reads {r['read']}")
     return " ".join(parts)
 
 
@@ -169,6 +171,8 @@ def headline(rows: Sequence[dict]) -> dict:
     """The numbers of the summary: best 720p image / video end to end, int8 encoder, reference (p50 ms, 2 threads
     where measured, else the most threads measured), with their configurations."""
     pipe = _configs(rows, "pipeline")
+    full = OrderedDict((k, c) for k, c in pipe.items() if next(iter(c.values())).get("read") in (None, "all"))
+    pipe = full or pipe  # the headline reads every field of every face where such configurations ran
     ref = _configs(rows, "reference")
     th_all = sorted({r.get("threads") or 0 for r in rows if r.get("suite") in ("pipeline", "encoder", "reference")})
     th = 2 if 2 in th_all else (th_all[-1] if th_all else None)
@@ -209,9 +213,28 @@ def summary_line(rows: Sequence[dict]) -> str:
     cpu = next((r["machine"].get("cpu") for r in rows if isinstance(r.get("machine"), dict)
                 and r["machine"].get("cpu") and r.get("suite") in ("pipeline", "encoder", "reference")), None)
     if cpu:
-        where += f", CPU {cpu.get('class', '?')}: {' '.join(cpu.get('flags', [])) or '-'}"
+        where += f", CPU {cpu.get('class', '?')}: {_isa(cpu)}"
+    if h["reference"][0] is None and (why := _no_reference(rows)):
+        parts.append(f"reference not measured ({why})")
     return (f"smirk-edge bench ({where}): " + " | ".join(parts or ["no timings"])
             + f" [{len(rows)} rows{tail}]")
+
+
+def _isa(cpu: dict) -> str:
+    """``AVX2 yes, AVX-512 no, VNNI no, AMX no (avx2 fma)`` from a row's ``machine.cpu``."""
+    from smirk_edge.cpu import isa_summary
+
+    flags = cpu.get("flags") or []
+    return f"{isa_summary(flags)} ({' '.join(flags) or 'no flags recorded'})"
+
+
+def _no_reference(rows) -> str | None:
+    """Why a CPU run has no reference rows (the invocation records it), or None."""
+    for r in rows:
+        inv = r.get("invocation")
+        if isinstance(inv, dict) and inv.get("reference_skipped"):
+            return str(inv["reference_skipped"])
+    return None
 
 
 # ------------------------------------------------------------------------------------- markdown
@@ -244,8 +267,7 @@ def _machine_section(rows) -> str:
             versions = {**versions, "mediapipe (side process)": mp.get("mediapipe")}
         vers = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
         lines += [f"- **CPU**: {cpu.get('model')} ({cpu.get('usable_cores')}/{cpu.get('logical_cores')} cores usable, "
-                  f"{cpu.get('arch')}; CPU class {cpu.get('class', 'not recorded')}; "
-                  f"flags: {' '.join(cpu.get('flags', [])) or '-'})",
+                  f"{cpu.get('arch')}; CPU class {cpu.get('class', 'not recorded')}; {_isa(cpu)})",
                   f"  **GPU**: {gpus}",
                   f"  **Python** {m.get('python')} on {m.get('platform')}; smirk-edge {m.get('smirk_edge')}",
                   f"  **Packages**: {vers or '-'}",
@@ -271,7 +293,9 @@ def _stage_section(rows) -> str:
             "Stage columns are **means** over the runs (they add up to the total mean; a stage that does not run "
             "every frame, such as the detector while tracking, counts 0 ms in the frames without it). `encode` with "
             "refine on holds two encoder passes (the detector box, then the box of the predicted landmarks); "
-            "`decode` holds the landmark decode of the refine pass too. `total` is the SDK's own end-to-end timer.",
+            "`decode` holds the landmark decode of the refine pass too. A face's geometry is computed when first read: "
+            "`read` is the harness reading every face's fields after the call (all of them unless the configuration "
+            "says `reads landmarks` or `reads params`), and `total` is the SDK's own end-to-end timer plus `read`.",
             "", _table(head, lines)]
     notes = sorted({f"{_label(c.get('total') or next(iter(c.values())))}: crop source = {r.get('crop_source')}"
                     for c in pipe.values() for r in [c.get("total") or next(iter(c.values()))]
@@ -287,6 +311,8 @@ def _stage_section(rows) -> str:
 def _speedup_section(rows) -> str:
     pipe = _configs(rows, "pipeline")
     ref = _configs(rows, "reference")
+    if pipe and not ref and (why := _no_reference(rows)):
+        return f"## Speedup over the reference path\nNot measured in this run: {why}."
     if not ref or not pipe:
         return ""
     ref_by = {(k[0], (next(iter(c.values()))).get("threads")): c for k, c in ref.items()}

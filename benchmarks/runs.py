@@ -57,7 +57,7 @@ def base_row(cfg: dict) -> dict:
     return {"run_id": cfg["run_id"], "suite": cfg["kind"], "config": cfg["id"], "engine": cfg.get("engine"),
             "precision": cfg.get("precision"), "artifact": None, "artifact_bytes": None,
             "threads": cfg.get("threads"), "batch": 1, "mode": cfg.get("mode", "image"), "input": cfg["input_name"],
-            "refine": cfg.get("refine"), "crop_source": None, "device": "cpu", "note": "",
+            "refine": cfg.get("refine"), "read": cfg.get("read"), "crop_source": None, "device": "cpu", "note": "",
             "model": cfg.get("model", {}), "accuracy": None, "versions": versions, "machine": info,
             "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 

@@ -20,15 +20,24 @@ STAT_KEYS = ("mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms", "max_m
 
 ROW_FIELDS = (
     "run_id", "suite", "config", "engine", "precision", "artifact", "artifact_bytes", "threads", "batch",
-    "mode", "input", "refine", "crop_source", "stage", "runs", "warmup", *STAT_KEYS, "items_per_s",
+    "mode", "input", "refine", "read", "crop_source", "stage", "runs", "warmup", *STAT_KEYS, "items_per_s",
     "peak_rss_mb", "device", "note",
 )
 """Scalar row fields, in CSV column order (nested dicts follow, flattened)."""
 
 NESTED_FIELDS = ("accuracy", "model", "versions", "machine")
 
-STAGES = ("decode_image", "detect", "check", "crop", "encode", "decode", "project", "smooth", "total")
-"""Stages of the SDK's per-frame timings (:attr:`smirk_edge.Reconstructor.timings`), in order."""
+STAGES = ("decode_image", "detect", "check", "crop", "encode", "decode", "project", "smooth", "read", "total")
+"""Stages of the SDK's per-frame timings (:attr:`smirk_edge.Reconstructor.timings`), in order; ``read`` is the
+harness's own: reading the faces' fields (:data:`READS`), which the SDK computes when first read."""
+
+READS = {
+    "params": (),
+    "landmarks": ("landmarks68",),
+    "all": ("vertices", "vertices_image", "landmarks68", "landmarks105", "head_pose"),
+}
+"""What a pipeline configuration reads from every face after each call (``--read``): the parameters
+only, the 68 landmarks, or every field (what the SDK computed in the call before outputs were deferred)."""
 
 
 def summarize(samples_ms: Iterable[float]) -> dict[str, float]:

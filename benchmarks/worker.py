@@ -10,8 +10,10 @@ Configuration kinds (``cfg["kind"]``):
 
 * ``pipeline``: :class:`smirk_edge.Reconstructor` on the frames, ``mode`` ``image`` (``rec(frame)``)
   or ``video`` (``rec.stream(frames)``: tracking + smoothing); rows per stage of
-  :attr:`Reconstructor.timings` and the end-to-end ``total``, plus ``open`` (constructing the
-  Reconstructor) and ``first_call`` (the first frame, cold).
+  :attr:`Reconstructor.timings`, ``read`` (reading the fields ``cfg["read"]`` names from every face,
+  :data:`.stats.READS`: the SDK computes a face's geometry when first read) and the end-to-end
+  ``total`` (the SDK's timer plus ``read``), plus ``open`` (constructing the Reconstructor) and
+  ``first_call`` (the first frame, cold).
 * ``encoder``: the encoder artifact alone through :func:`smirk_edge.runtimes.registry.make_runner`
   on real crops of the frame, at each batch size: ``encode`` (engine only) and ``encode+decode``
   (engine + numpy face-model decode); throughput in faces/s.
@@ -30,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .runs import PlacementFallback, base_row, load_inputs, peak_rss_mb, row, set_threads, single
-from .stats import STAGES, stage_table, summarize
+from .stats import READS, STAGES, stage_table, summarize
 
 
 def run_pipeline(cfg: dict) -> list[dict]:
@@ -57,13 +59,23 @@ def run_pipeline(cfg: dict) -> list[dict]:
     walls: list[float] = []
     first_ms = None
     faces_found = []
+    fields = READS[cfg.get("read") or "all"]
+
     def record(i, call, first):
-        """Time one call; keep the SDK's stage timings of the runs after warm-up."""
+        """Time one call and the reading of its faces; keep the SDK's stage timings of the runs after warm-up."""
         t = time.perf_counter()
         faces = call()
+        t_read = time.perf_counter()
+        for f in faces:
+            for name in fields:
+                getattr(f, name)
+        read_ms = (time.perf_counter() - t_read) * 1e3
         wall = (time.perf_counter() - t) * 1e3
         if i >= warmup:
-            per_run.append(dict(rec.timings))
+            timings = dict(rec.timings)
+            timings["read"] = read_ms
+            timings["total"] = timings.get("total", 0.0) + read_ms
+            per_run.append(timings)
             walls.append(wall)
             faces_found.append(len(faces))
         return wall if i == 0 else first
@@ -89,7 +101,7 @@ def run_pipeline(cfg: dict) -> list[dict]:
     base.update(crop_source=source, peak_rss_mb=rss, faces_mean=float(np.mean(faces_found)) if faces_found else 0.0)
     rows = [row(base, s, st, runs, warmup) for s, st in stage_table(per_run, STAGES).items()]
     rows.append(row(base, "wall", summarize(walls), runs, warmup,
-                     note="time around the call, outside the SDK's own timers"))
+                     note="time around the call and the reading of its faces, outside the SDK's own timers"))
     rows.append(row(base, "open", single(open_ms), 1, 0, note="Reconstructor() construction: bundle check, engine start"))
     rows.append(row(base, "first_call", single(first_ms or float("nan")), 1, 0, note="first frame, cold"))
     rec.close()

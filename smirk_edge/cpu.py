@@ -34,6 +34,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,18 @@ def has_vnni(cls: str) -> bool:
     return cls in VNNI_CLASSES
 
 
+ISA_FEATURES = (("AVX2", ("avx2",)), ("AVX-512", ("avx512f",)), ("VNNI", ("avx512_vnni", "avx_vnni")),
+                ("AMX", ("amx_int8",)))
+"""The instruction-set features that decide CPU speed and int8 kernels, and the flags that show each."""
+
+
+def isa_summary(flags: Iterable[str] | None = None) -> str:
+    """``"AVX2 yes, AVX-512 no, VNNI no, AMX no"``: each of :data:`ISA_FEATURES` for ``flags``
+    (default: this machine's), present or not."""
+    f = cpu_flags() if flags is None else frozenset(x.lower() for x in flags)
+    return ", ".join(f"{name} {'yes' if any(x in f for x in names) else 'no'}" for name, names in ISA_FEATURES)
+
+
 def describe_flags(flags: Iterable[str] | None = None) -> str:
     """``"amx (avx2 avx512f avx512_vnni avx_vnni amx_int8)"``: the class and the flags that decide it."""
     f = cpu_flags() if flags is None else frozenset(flags)
@@ -129,20 +142,84 @@ def _affinity() -> set[int]:
     return set(range(os.cpu_count() or 1))
 
 
-def cgroup_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
-    """CPUs allowed by the cgroup v2 quota (``quota / period``), None when unlimited or unknown."""
+def _read_words(path: str | os.PathLike) -> list[str] | None:
     try:
         with open(path, encoding="utf-8") as f:
-            parts = f.read().split()
+            return f.read().split()
     except OSError:
         return None
-    if len(parts) < 2 or parts[0] == "max":
+
+
+def _v2_quota(path: str | os.PathLike) -> float | None:
+    """CPUs of one cgroup v2 ``cpu.max`` file (``quota period``), None when ``max`` or unreadable."""
+    parts = _read_words(path)
+    if not parts or len(parts) < 2 or parts[0] == "max":
         return None
     try:
         quota, period = float(parts[0]), float(parts[1])
     except ValueError:
         return None
     return quota / period if quota > 0 and period > 0 else None
+
+
+def _v1_quota(folder: Path) -> float | None:
+    """CPUs of one cgroup v1 cpu controller folder (``cpu.cfs_quota_us / cpu.cfs_period_us``; -1 = none)."""
+    quota, period = _read_words(folder / "cpu.cfs_quota_us"), _read_words(folder / "cpu.cfs_period_us")
+    try:
+        q, t = float(quota[0]), float(period[0])  # type: ignore[index]
+    except (TypeError, IndexError, ValueError):
+        return None
+    return q / t if q > 0 and t > 0 else None
+
+
+def _up_to(folder: Path, top: Path) -> list[Path]:
+    """``folder`` and its parents up to ``top`` (a cgroup and the cgroups above it, whose quotas hold too)."""
+    out = [folder]
+    while folder != top and top in folder.parents:
+        folder = folder.parent
+        out.append(folder)
+    return out
+
+
+def cgroup_quota(path: str | os.PathLike | None = None, proc_cgroup: str = "/proc/self/cgroup",
+                 root: str = "/sys/fs/cgroup") -> float | None:
+    """CPUs allowed by the cgroup CPU quota (``quota / period``), None when unlimited or unknown.
+
+    ``path``: read this one cgroup v2 ``cpu.max`` file. Otherwise this process's cgroups from
+    ``proc_cgroup``: cgroup v2 (``cpu.max`` of its cgroup and of every cgroup above it) and cgroup
+    v1 (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` of the cpu controller, e.g. Docker on older
+    hosts); the smallest quota found. A container that sees only its own cgroup (the path of
+    ``proc_cgroup`` is not under the mount) reads the mount's root.
+    """
+    if path is not None:
+        return _v2_quota(path)
+    base = Path(root)
+    found: list[float] = []
+    try:
+        lines = Path(proc_cgroup).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = ["0::/"]  # unknown: the root of a v2 hierarchy
+    for line in lines:
+        hid, _, rest = line.partition(":")
+        controllers, _, rel = rest.partition(":")
+        rel = rel.lstrip("/")
+        if hid == "0" and controllers == "":
+            mounts = [(base, _v2_quota, "cpu.max")] if (base / "cgroup.controllers").is_file() else []
+            mounts += [(base / "unified", _v2_quota, "cpu.max")]
+        elif "cpu" in controllers.split(","):
+            mounts = [(base / name, _v1_quota, "") for name in (controllers, "cpu", "cpu,cpuacct")]
+        else:
+            continue
+        for mount, read, leaf in mounts:
+            if not mount.is_dir():
+                continue
+            folder = mount / rel if (mount / rel).is_dir() else mount
+            for f in _up_to(folder, mount):
+                q = read(f / leaf) if leaf else read(f)
+                if q is not None:
+                    found.append(q)
+            break
+    return min(found) if found else None
 
 
 def _physical(cpus: set[int], sysfs: str = "/sys/devices/system/cpu") -> int:
@@ -168,11 +245,13 @@ class CoreBudget:
     threads: int
 
 
-def core_budget(affinity: set[int] | None = None, cpu_max: str = "/sys/fs/cgroup/cpu.max",
-                sysfs: str = "/sys/devices/system/cpu", max_threads: int = 256) -> CoreBudget:
-    """The default thread budget: physical cores in the affinity mask, capped by the cgroup quota."""
+def core_budget(affinity: set[int] | None = None, cpu_max: str | None = None,
+                sysfs: str = "/sys/devices/system/cpu", max_threads: int = 256,
+                proc_cgroup: str = "/proc/self/cgroup", cgroup_root: str = "/sys/fs/cgroup") -> CoreBudget:
+    """The default thread budget: physical cores in the affinity mask, capped by the cgroup quota
+    (:func:`cgroup_quota`: ``cpu_max`` when given, else this process's cgroup v2 or v1 quota)."""
     cpus = _affinity() if affinity is None else set(affinity)
-    q = cgroup_quota(cpu_max)
+    q = cgroup_quota(cpu_max, proc_cgroup, cgroup_root)
     physical = _physical(cpus, sysfs)
     threads = physical if q is None else min(physical, max(1, math.floor(q)))
     return CoreBudget(len(cpus), physical, q, max(1, min(threads, max_threads)))
@@ -186,6 +265,19 @@ def apply_thread_budget(threads: int) -> dict[str, Any]:
     (they take effect only for a BLAS loaded later).
     """
     done: dict[str, Any] = {"threads": threads}
+    usable = len(_affinity())
+    q = cgroup_quota()
+    if q is not None:
+        usable = min(usable, max(1, math.ceil(q)))
+    if threads > usable:
+        import warnings
+
+        msg = (f"threads={threads} is more than the {usable} CPU(s) this process may use (CPU affinity, cgroup "
+               f"quota): the engine, OpenCV and BLAS pools will compete for them; threads=None takes "
+               f"{core_budget().threads}")
+        log.warning(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        done["oversubscribed"] = usable
     try:
         import cv2
 

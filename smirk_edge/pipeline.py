@@ -21,6 +21,11 @@ Tracking (``track`` in the design) is :class:`smirk_edge.tracking.Tracker`, buil
 :class:`Stages` binds the resources a stage needs (detector, encoder runner, face model, crop
 policy) so that :class:`~smirk_edge.Reconstructor` and the tracker compose the same calls.
 
+:meth:`Stages.faces` decodes and projects nothing itself: its faces read their geometry from a
+:class:`FrameGeometry` (the frame's :func:`decode` and :func:`project`, each part computed when a
+face first reads it), so a caller that wants the parameters alone pays for no mesh, and one that
+wants landmarks pays for no projected vertices.
+
 Every function here takes and returns numpy arrays and plain records, so a torch implementation
 (upload once, crop with ``grid_sample`` from the same crop matrices, encode, decode, project) can
 mirror it stage by stage.
@@ -28,6 +33,7 @@ mirror it stage by stage.
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,10 +46,10 @@ from .crop import (CROP_SIZE, DEFAULT_SCALE, DETECTOR_TO_LANDMARK_BOX, INPUT_NAM
 from .errors import InputError, SmirkEdgeError
 from .face_model import FaceGeometry, FaceModel
 from .face_model.model import rodrigues, yaw_degrees
-from .results import PARAM_WIDTHS, Face, Params, crop_roll_degrees, head_pose_degrees
+from .results import PARAM_WIDTHS, Face, Params, crop_roll_degrees, deferred, head_pose_degrees
 
 __all__ = [
-    "CropPolicy", "Crops", "Detected", "Projected", "StageTimer", "Stages",
+    "CropPolicy", "Crops", "Detected", "FrameGeometry", "FrameView", "Projected", "StageTimer", "Stages",
     "detect", "crop", "crop_transforms", "encode", "decode", "image_affines", "project", "head_poses",
     "landmark_boxes", "refine", "box_disagreement", "smooth", "assemble",
 ]
@@ -217,20 +223,106 @@ def image_affines(cam: np.ndarray, crop_matrices: Sequence[np.ndarray], size: in
     return out
 
 
+def to_image(points: np.ndarray, affines: np.ndarray) -> np.ndarray:
+    """Model-frame points ``(B, N, 2+)`` metres -> image pixels ``(B, N, 2)`` float32 through ``affines`` ``(B, 2, 3)``."""
+    A = np.asarray(affines, np.float64)
+    return (np.einsum("bnk,bjk->bnj", points[..., :2], A[:, :, :2]) + A[:, None, :, 2]).astype(np.float32)
+
+
+def vertices_to_image(vertices: np.ndarray, affines: np.ndarray) -> np.ndarray:
+    """Model-frame vertices ``(B, V, 3)`` -> image x, y and depth ``(B, V, 3)`` float32 (depth ``-k * Z``,
+    ``k`` the affine's pixels per metre)."""
+    A = np.asarray(affines, np.float64)
+    k = np.sqrt(np.abs(np.linalg.det(A[:, :, :2])))[:, None, None]  # image pixels per metre
+    return np.concatenate([to_image(vertices, A), (-k * vertices[..., 2:3])], axis=-1).astype(np.float32)
+
+
 def project(geometry: FaceGeometry, affines: np.ndarray) -> Projected:
     """Stage *project*: model-frame geometry -> image pixels through per-face ``affines`` ``(B, 2, 3)``.
 
     Depth is ``-k * Z`` with ``k`` the affine's pixels per metre (orthographic, smaller = nearer).
     """
     A = np.asarray(affines, np.float64)
-    lin, off = A[:, :, :2], A[:, None, :, 2]
+    return Projected(A, vertices_to_image(geometry.vertices, A), to_image(geometry.landmarks68, A),
+                     to_image(geometry.landmarks105, A))
 
-    def to_image(p: np.ndarray) -> np.ndarray:
-        return (np.einsum("bnk,bjk->bnj", p[..., :2], lin) + off).astype(np.float32)
 
-    k = np.sqrt(np.abs(np.linalg.det(lin)))[:, None, None]  # image pixels per metre
-    verts = np.concatenate([to_image(geometry.vertices), (-k * geometry.vertices[..., 2:3])], axis=-1)
-    return Projected(A, verts.astype(np.float32), to_image(geometry.landmarks68), to_image(geometry.landmarks105))
+class FrameGeometry:
+    """One frame's :func:`decode` and :func:`project`, each part computed when it is first read.
+
+    ``params``: the decode's inputs (copied: the encoder may reuse its output buffers); ``affines``
+    ``(B, 2, 3)`` model -> image; ``geometry``: an existing decode of ``params``, or a view of
+    another :class:`FrameGeometry` of the same parameters (e.g. the refine check's) whose decode is
+    shared; else decoded on first need. :attr:`model_frame` reads like a
+    :class:`~smirk_edge.face_model.FaceGeometry`, :attr:`image_frame` like a :class:`Projected`;
+    :func:`assemble` gives its faces deferred fields on them. Thread-safe; each part is computed once.
+    """
+
+    def __init__(self, face_model: FaceModel, params: Mapping[str, np.ndarray], affines: np.ndarray,
+                 geometry: "FaceGeometry | FrameView | None" = None):
+        self.face_model = face_model
+        self.params = {k: np.array(params[k], copy=True) for k in ("shape", "expression", "pose", "jaw", "eyelid")}
+        self.affines = np.array(affines, np.float64)
+        self._source = geometry.frame if isinstance(geometry, FrameView) else None
+        self._geometry = None if isinstance(geometry, FrameView) else geometry
+        self._image: dict[str, np.ndarray] = {}
+        self._lock = threading.RLock()
+        self.model_frame = FrameView(self, image=False)
+        self.image_frame = FrameView(self, image=True)
+
+    @property
+    def decoded(self) -> bool:
+        """True once the frame's parameters are decoded."""
+        return self._geometry is not None or (self._source is not None and self._source.decoded)
+
+    @property
+    def projected_parts(self) -> tuple[str, ...]:
+        """The parts projected so far."""
+        return tuple(self._image)
+
+    def geometry(self) -> FaceGeometry:
+        """The frame's :func:`decode` (computed on the first call)."""
+        with self._lock:
+            if self._geometry is None:
+                self._geometry = self._source.geometry() if self._source is not None else decode(self.face_model,
+                                                                                                  self.params)
+            return self._geometry
+
+    def projected(self, part: str) -> np.ndarray:
+        """One part of the frame's :func:`project`: ``vertices`` ``(B, V, 3)``, ``landmarks68``
+        ``(B, 68, 2)`` or ``landmarks105`` ``(B, 105, 2)``, image pixels."""
+        with self._lock:
+            if part not in self._image:
+                g = getattr(self.geometry(), part)
+                self._image[part] = vertices_to_image(g, self.affines) if part == "vertices" else to_image(g, self.affines)
+            return self._image[part]
+
+
+class FrameView:
+    """``vertices`` / ``landmarks68`` / ``landmarks105`` of a :class:`FrameGeometry`: the model
+    frame (``image=False``, metres) or the image (``image=True``, pixels), computed when read."""
+
+    def __init__(self, frame: FrameGeometry, image: bool):
+        self.frame, self.image = frame, image
+
+    @property
+    def affines(self) -> np.ndarray:
+        return self.frame.affines
+
+    def part(self, name: str) -> np.ndarray:
+        return self.frame.projected(name) if self.image else getattr(self.frame.geometry(), name)
+
+    @property
+    def vertices(self) -> np.ndarray:
+        return self.part("vertices")
+
+    @property
+    def landmarks68(self) -> np.ndarray:
+        return self.part("landmarks68")
+
+    @property
+    def landmarks105(self) -> np.ndarray:
+        return self.part("landmarks105")
 
 
 def head_poses(pose: np.ndarray, crop_matrices: Sequence[np.ndarray]) -> np.ndarray:
@@ -249,7 +341,8 @@ def landmark_boxes(landmarks105: np.ndarray, pose: np.ndarray) -> np.ndarray:
     return np.array(boxes, np.float64).reshape(-1, 4)
 
 
-def refine(params: Mapping[str, np.ndarray], projected: Projected, crops: Crops) -> tuple[np.ndarray, np.ndarray]:
+def refine(params: Mapping[str, np.ndarray], projected: Projected | FrameView,
+           crops: Crops) -> tuple[np.ndarray, np.ndarray]:
     """Stage *refine*: landmark boxes ``(B, 4)`` and image rolls ``(B,)`` for the second crop, from
     the first pass's predicted landmarks and head pose (the crop policy SMIRK was trained on)."""
     matrices = [t.matrix for t in crops.transforms]
@@ -279,15 +372,34 @@ def smooth(filters: Mapping[str, Any], params: dict[str, np.ndarray], index: int
     return filters["affine"].filter(affine, stamp).astype(np.float64)
 
 
-def assemble(params: Mapping[str, np.ndarray], geometry: FaceGeometry, projected: Projected,
+def _face_part(source: Any, name: str, i: int) -> np.ndarray:
+    """Face ``i``'s ``name`` of a decoded or projected batch; deferred when ``source`` is a :class:`FrameView`."""
+    if isinstance(source, FrameView):
+        return deferred(lambda: source.part(name)[i])
+    return getattr(source, name)[i]
+
+
+def _head_pose(pose: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """One face's :func:`head_poses` row, computed when first read (from copies of its inputs)."""
+    pose, matrix = np.array(pose, copy=True), np.array(matrix, copy=True)
+    return deferred(lambda: head_pose_degrees(pose, crop_roll_degrees(matrix)))
+
+
+def assemble(params: Mapping[str, np.ndarray], geometry: FaceGeometry | FrameView, projected: Projected | FrameView,
              crops: Crops, boxes: np.ndarray, scores: np.ndarray, triangles: np.ndarray,
              track_ids: Sequence[int] | None = None, engine: str = "") -> list[Face]:
-    """The :class:`Face` records of one frame (parameters copied, arrays float32)."""
-    poses = head_poses(params["pose"], [t.matrix for t in crops.transforms])
-    return [Face(params=Params.from_outputs(params, i), vertices=geometry.vertices[i],
-                 vertices_image=projected.vertices[i], landmarks68=projected.landmarks68[i],
-                 landmarks105=projected.landmarks105[i], box=np.asarray(boxes[i], np.float32),
-                 score=float(scores[i]), head_pose=poses[i], crop_matrix=tr.matrix.copy(), faces=triangles,
+    """The :class:`Face` records of one frame (parameters copied, arrays float32).
+
+    ``geometry`` / ``projected``: the frame's decode and projection, or the two views of a
+    :class:`FrameGeometry` (each face's geometry is then computed when first read). Head pose is
+    computed when first read.
+    """
+    return [Face(params=Params.from_outputs(params, i), vertices=_face_part(geometry, "vertices", i),
+                 vertices_image=_face_part(projected, "vertices", i),
+                 landmarks68=_face_part(projected, "landmarks68", i),
+                 landmarks105=_face_part(projected, "landmarks105", i), box=np.asarray(boxes[i], np.float32),
+                 score=float(scores[i]), head_pose=_head_pose(params["pose"][i], tr.matrix),
+                 crop_matrix=tr.matrix.copy(), faces=triangles,
                  track_id=-1 if track_ids is None else int(track_ids[i]), engine=engine)
             for i, tr in enumerate(crops.transforms)]
 
@@ -366,7 +478,8 @@ class Stages:
         if refine_pass and len(crops):
             geometry, projected = self.decode_project(params, crops, timer)
             affines = projected.affines
-            new_boxes, new_rolls = refine(params, projected, crops)
+            with timer("decode"):  # the refine check's decode (deferred in the numpy stages) counts as decode
+                new_boxes, new_rolls = refine(params, projected, crops)
             redo = np.ones(len(crops), bool)
             if refine_pass == "auto":
                 redo = box_disagreement(boxes, new_boxes) > refine_threshold
@@ -389,26 +502,30 @@ class Stages:
 
     def faces(self, params: dict[str, np.ndarray], crops: Crops, boxes: np.ndarray, scores: np.ndarray,
               timer: StageTimer, affines: np.ndarray | None = None,
-              track_ids: Sequence[int] | None = None, geometry: FaceGeometry | None = None) -> list[Face]:
-        """Stages *decode* and *project*, then the :class:`Face` records (``geometry``: already
-        decoded from ``params``, e.g. by an adaptive refine pass that kept the first crop)."""
+              track_ids: Sequence[int] | None = None,
+              geometry: FaceGeometry | FrameView | None = None) -> list[Face]:
+        """The :class:`Face` records of :meth:`decode_project` (numpy stages: a :class:`FrameGeometry`,
+        computed when a face first reads it; ``geometry``: already decoded from ``params``, e.g. by
+        an adaptive refine pass that kept the first crop)."""
         if not len(crops):
             return []
+        timer.ms.setdefault("decode", 0.0)  # numpy stages: decoded when first read, not in this call
         geometry, projected = self.decode_project(params, crops, timer, affines, geometry)
         with timer("project"):
             return assemble(params, geometry, projected, crops, boxes, scores, self.face_model.faces,
                             track_ids, self.engine)
 
     def decode_project(self, params: Mapping[str, np.ndarray], crops: Crops, timer: StageTimer,
-                       affines: np.ndarray | None = None, geometry: FaceGeometry | None = None
-                       ) -> tuple[FaceGeometry, Projected]:
-        """Stages *decode* and *project* of a batch (``affines``/``geometry``: already at hand)."""
-        with timer("decode"):
-            geometry = decode(self.face_model, params) if geometry is None else geometry
+                       affines: np.ndarray | None = None, geometry: FaceGeometry | FrameView | None = None
+                       ) -> tuple[FaceGeometry | FrameView, Projected | FrameView]:
+        """Stages *decode* and *project* of a batch, deferred: the two views of a :class:`FrameGeometry`,
+        each part computed when first read (``affines``/``geometry``: already at hand; a ``geometry``
+        view of an earlier pass shares its decode)."""
         with timer("project"):
             if affines is None:
                 affines = image_affines(params["cam"], [t.matrix for t in crops.transforms], self.policy.size)
-            return geometry, project(geometry, affines)
+            frame = FrameGeometry(self.face_model, params, affines, geometry)
+        return frame.model_frame, frame.image_frame
 
     def merge_crops(self, crops: Crops, idx: np.ndarray, again: Crops) -> Crops:
         """``crops`` with the faces ``idx`` replaced by those of ``again`` (a second crop pass)."""

@@ -32,6 +32,29 @@ from pathlib import Path
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 RESERVED_STEMS = {"summary"}
+REFINE_CHOICES = {"on": True, "off": False, "auto": "auto"}
+
+
+def refine_options(args: argparse.Namespace) -> dict:
+    """The Reconstructor keywords of ``--refine`` / ``--no-refine`` / ``--refine-threshold``: only
+    what was given, so that the Reconstructor's defaults hold otherwise. Contradicting flags raise
+    :class:`~smirk_edge.errors.OptionError`."""
+    from .errors import OptionError
+
+    out: dict = {}
+    refine = getattr(args, "refine", None)
+    if getattr(args, "no_refine", False):
+        if refine not in (None, "off"):
+            raise OptionError(f"--no-refine contradicts --refine {refine}: give one of them")
+        refine = "off"
+    if refine is not None:
+        out["refine"] = REFINE_CHOICES[refine]
+    threshold = getattr(args, "refine_threshold", None)
+    if threshold is not None:
+        if refine not in (None, "auto"):
+            raise OptionError(f"--refine-threshold applies to --refine auto only, not --refine {refine}")
+        out["refine_threshold"] = threshold
+    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,7 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="engine device, e.g. cpu, cuda, GPU, NPU")
     p.add_argument("--threads", type=int, default=None, help="engine threads")
     p.add_argument("--max-faces", type=int, default=8)
-    p.add_argument("--no-refine", action="store_true", help="skip the second crop from predicted landmarks")
+    p.add_argument("--refine", choices=sorted(REFINE_CHOICES), default=None,
+                   help="second crop from the predicted landmarks: on (every face), off (one encoder pass), auto "
+                        "(only faces whose two boxes disagree); default: the Reconstructor's (docs/crop.md)")
+    p.add_argument("--refine-threshold", type=float, default=None,
+                   help="--refine auto: re-encode when 1 - IoU of the two boxes exceeds this (default: the "
+                        "Reconstructor's)")
+    p.add_argument("--no-refine", action="store_true", help="same as --refine off")
     p.add_argument("--mesh-format", choices=["obj", "ply", "none"], default="obj",
                    help="mesh files per face (images only)")
     p.add_argument("--glb", action="store_true",
@@ -237,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
     from .progress import progress
     from .reconstructor import Reconstructor
 
+    refine = refine_options(args)  # contradicting flags fail before any work
     if getattr(args, "glb", False):  # fail before any work when pygltflib is missing
         from ._lazy import require
 
@@ -251,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir = out.resolve()
     taken = {p.name for p in files if p.resolve().parent == out_dir}
     rec = Reconstructor(args.bundle, backend=args.backend, precision=args.precision, device=args.device,
-                        refine=not args.no_refine, max_faces=args.max_faces, threads=args.threads)
+                        max_faces=args.max_faces, threads=args.threads, **refine)
     stage_sums: dict[str, float] = {}
     n_images = n_faces = n_failed_files = 0
     used: set[str] = set()

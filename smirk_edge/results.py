@@ -5,6 +5,9 @@ Coordinate frames:
   z toward the camera;
 - image frame: pixels of the input image, origin at the centre of the top-left pixel, x right,
   y down; depth is SMIRK's orthographic z in the same pixel units, smaller = nearer the camera.
+
+A :class:`Face` made by the pipeline computes its geometry when it is first read (see
+:data:`DEFERRED_FIELDS`): a caller that reads only the parameters never decodes a mesh.
 """
 
 from __future__ import annotations
@@ -13,11 +16,53 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping, cast
 
 import numpy as np
 
 PARAM_WIDTHS = {"pose": 3, "cam": 3, "shape": 300, "expression": 50, "eyelid": 2, "jaw": 3}
+DEFERRED_FIELDS = ("vertices", "vertices_image", "landmarks68", "landmarks105", "head_pose")
+"""The :class:`Face` fields that may be given as :func:`deferred` values: computed on first read, then kept."""
+
+
+class Deferred:
+    """A :class:`Face` field's value still to be computed: ``fn()`` runs on the first read."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], np.ndarray]):
+        self.fn = fn
+
+
+def deferred(fn: Callable[[], np.ndarray]) -> np.ndarray:
+    """Give ``fn`` where a :class:`Face` field of :data:`DEFERRED_FIELDS` takes an array
+    (``Face(vertices=deferred(lambda: ...), ...)``): the field computes ``fn()`` when it is first
+    read and keeps the result. Only for those fields; typed as the array it stands for."""
+    return cast(np.ndarray, Deferred(fn))
+
+
+class _DeferredField:
+    """Data descriptor of one :data:`DEFERRED_FIELDS` field: stores what ``__init__`` is given in
+    the instance dict and resolves a :class:`Deferred` on the first read (two threads reading at
+    once both get the same value: the pipeline's ``fn`` caches its frame's results)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            raise AttributeError(self.name)
+        try:
+            value = obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+        if isinstance(value, Deferred):
+            value = value.fn()
+            obj.__dict__[self.name] = value
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = value
 
 
 @dataclass
@@ -95,6 +140,12 @@ class Face:
         box: ``(4,)`` x0, y0, x1, y1 image pixels of the detection (or of the tracked landmarks).
         score: detector confidence in [0, 1] (for a tracked face: the score of its latest check).
         head_pose: ``(3,)`` yaw, pitch, roll in degrees (:func:`head_pose_degrees`).
+
+        ``vertices``, ``vertices_image``, ``landmarks68``, ``landmarks105`` and ``head_pose`` of a
+        face from the pipeline are computed from its parameters and crop when first read (the whole
+        frame's faces are decoded together, once), so they cost nothing until then and
+        :attr:`timings` count only what the call itself needed; the values are the same as if
+        they had been computed in the call.
         crop_matrix: ``(2, 3)`` image -> 224 crop affine used for the final encoding.
         track_id: stable id across frames in ``stream()``; -1 for single images.
         timings: per-stage milliseconds of the call that produced this face (each face holds its
@@ -115,6 +166,19 @@ class Face:
     track_id: int = -1
     timings: dict[str, float] = field(default_factory=dict)
     engine: str = ""
+
+    def pending(self) -> tuple[str, ...]:
+        """The fields of :data:`DEFERRED_FIELDS` not computed yet (empty once each was read)."""
+        return tuple(k for k in DEFERRED_FIELDS if isinstance(self.__dict__.get(k), Deferred))
+
+    def __getstate__(self) -> dict:
+        """Pickling and copying compute the deferred fields first (a :class:`Deferred` holds a closure)."""
+        for k in self.pending():
+            getattr(self, k)
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
     def to_dict(self, include_vertices: bool = False) -> dict:
         """JSON-ready dict (parameters, landmarks, box, pose; vertices only when asked)."""
@@ -164,6 +228,11 @@ class Face:
         return write_mesh(path, verts, self.faces)
 
 
+for _name in DEFERRED_FIELDS:  # after @dataclass: __init__ assigns through the descriptors
+    setattr(Face, _name, _DeferredField(_name))
+del _name
+
+
 class FrameResult(list):
     """The faces of one call (``rec(image)``, one frame of ``rec.stream()``), with what the call measured.
 
@@ -172,7 +241,8 @@ class FrameResult(list):
 
     Attributes:
         timings: per-stage milliseconds of this call (``detect``, ``crop``, ``encode``, ``decode``,
-            ``project``, ``smooth``, ``total``...).
+            ``project``, ``smooth``, ``total``...); ``decode`` counts only the decoding the call itself
+            needed (refine check, tracking), since a face's geometry is computed when first read.
         errors: the errors that made this call give no faces (a skipped video frame); empty otherwise.
         frame_index: the frame index in ``stream()``; None for single images.
     """

@@ -158,7 +158,9 @@ class Tracker:
         boxes = np.array([tr.box for tr in self.tracks])
         faces = stages.faces(params, crops, boxes, np.array([tr.score for tr in self.tracks]), timer, affines,
                              [tr.id for tr in self.tracks])
-        new_boxes = landmark_boxes(np.array([f.landmarks105 for f in faces]), np.array([f.params.pose for f in faces]))
+        with timer("decode"):  # the frame's decode and 105-landmark projection, read here first
+            new_boxes = landmark_boxes(np.array([f.landmarks105 for f in faces]),
+                                       np.array([f.params.pose for f in faces]))
         keep = []
         for tr, f, new_box in zip(self.tracks, faces, new_boxes):
             side = min(new_box[2] - new_box[0], new_box[3] - new_box[1])

@@ -132,3 +132,78 @@ def test_thread_budget_reaches_opencv_and_blas(monkeypatch):
         assert cv2.getNumThreads() == 1 and done["opencv"] == 1 and done["blas"] in ("threadpoolctl", "environment")
     finally:
         cv2.setNumThreads(before)
+
+
+def _cgroup_tree(tmp_path, proc_lines, files):
+    root = tmp_path / "cgroup"
+    for rel, text in files.items():
+        f = root / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    proc = tmp_path / "proc_cgroup"
+    proc.write_text("\n".join(proc_lines) + "\n")
+    return str(proc), str(root)
+
+
+def test_cgroup_v2_quota_of_the_process_cgroup_and_its_parents(tmp_path):
+    proc, root = _cgroup_tree(tmp_path, ["0::/kubepods/pod1/ctr"], {
+        "cgroup.controllers": "cpu memory\n", "cpu.max": "max 100000\n",
+        "kubepods/cpu.max": "400000 100000\n", "kubepods/pod1/cpu.max": "150000 100000\n",
+        "kubepods/pod1/ctr/cpu.max": "max 100000\n"})
+    assert cpu.cgroup_quota(None, proc, root) == 1.5  # the pod's 1.5 CPUs bind the container
+    b = cpu.core_budget({0, 1, 2, 3}, None, str(tmp_path / "nosysfs"), proc_cgroup=proc, cgroup_root=root)
+    assert (b.quota, b.threads) == (1.5, 1)
+
+
+def test_cgroup_v1_quota_docker_on_older_hosts(tmp_path):
+    lines = ["12:memory:/docker/abc", "4:cpu,cpuacct:/docker/abc", "0::/"]
+    proc, root = _cgroup_tree(tmp_path, lines, {
+        "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "200000\n", "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+        "cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
+    assert cpu.cgroup_quota(None, proc, root) == 2.0
+    # inside the container the mount shows only its own cgroup: the path is not under it, the root holds
+    proc, root = _cgroup_tree(tmp_path / "in", lines, {
+        "cpu,cpuacct/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
+    assert cpu.cgroup_quota(None, proc, root) == 0.5
+    proc, root = _cgroup_tree(tmp_path / "none", ["1:cpu:/"], {
+        "cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"})
+    assert cpu.cgroup_quota(None, proc, root) is None  # no quota (this development machine's case)
+    assert cpu.cgroup_quota(None, str(tmp_path / "missing"), str(tmp_path / "nothing")) is None
+
+
+def test_more_threads_than_usable_cpus_warns(monkeypatch):
+    import cv2
+
+    monkeypatch.setattr(cpu, "_affinity", lambda: {0, 1})
+    monkeypatch.setattr(cpu, "cgroup_quota", lambda *a, **k: None)
+    before = cv2.getNumThreads()
+    try:
+        with pytest.warns(RuntimeWarning, match="threads=8 is more than the 2 CPU"):
+            done = cpu.apply_thread_budget(8)
+        assert done["oversubscribed"] == 2
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            assert "oversubscribed" not in cpu.apply_thread_budget(2)
+    finally:
+        cv2.setNumThreads(before)
+
+
+@pytest.mark.parametrize("flags", [AVX2, AVX512])
+@pytest.mark.parametrize("backend", ["auto", "openvino"])
+@pytest.mark.parametrize("precision", [None, "int8"])
+def test_no_backend_runs_int8_gated_on_vnni_without_vnni(monkeypatch, flags, backend, precision):
+    """An AVX2-only (or AVX-512 without VNNI) CPU never runs the shipped u8s8 int8 ONNX artifact, whichever
+    backend or precision is asked (ONNX Runtime alone: test_reconstructor_falls_back_to_fp32...)."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'smirk-edge[onnxruntime]')")
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="openvino not installed (pip install 'smirk-edge[openvino]')")
+    from smirk_edge import Reconstructor
+
+    monkeypatch.setenv(cpu.FLAGS_ENV, flags)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Reconstructor(backend=backend, precision=precision, threads=1) as rec:
+            art = rec.artifact
+    assert cpu.int8_applies(art.attrs, art.kind, art.precision, cpu.cpu_class())
+    assert art.precision == "fp32" and art.name == "encoder.onnx"
+    assert any("not valid on this CPU" in str(w.message) for w in caught) == (precision == "int8")

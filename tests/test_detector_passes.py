@@ -84,3 +84,29 @@ def test_shrunk_canvas_maps_like_a_direct_letterbox():
 def test_unknown_variant_is_refused():
     with pytest.raises(D.InputError, match="both"):
         FaceDetector(FakeRunner("short", None), variant="all")
+
+
+@pytest.mark.onnxruntime
+def test_reconstructor_default_runs_one_detector_pass(shared_data):
+    """What a user gets: ``Reconstructor()`` on a 720p webcam-like frame (a real face photo at the
+    benchmark's size) runs the short-range model alone, once, on one resize of the frame."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'smirk-edge[onnxruntime]')")
+    from smirk_edge import Reconstructor
+    from smirk_edge.benchmarks.inputs import default_face_photo, make_input
+
+    frame = make_input(None, "image", face_photo=str(default_face_photo())).frames[0]
+    assert frame.shape == (720, 1280, 3)
+    with Reconstructor(backend="onnxruntime", threads=1) as rec:
+        assert rec.options.detector == "auto" and rec.detector.variant == "auto"
+        calls = {v: 0 for v in rec.detector.runners}
+        for v, runner in rec.detector.runners.items():
+            real = runner.infer
+
+            def counting(feed, v=v, real=real):
+                calls[v] += 1
+                return real(feed)
+
+            runner.infer = counting
+        for _ in range(3):
+            assert len(rec(frame)) == 1 and rec.detector.passes == ["short"]
+    assert calls == {"short": 3, "full": 0}

@@ -191,3 +191,26 @@ def test_bench_bundle_is_exported_with_the_gate(tmp_path):
     assert all("accuracy" in a.attrs for a in b.encoders())
     again = bundle_setup.build_bench_bundle(tmp_path / "bench", variant="tiny", log=lambda m: None)
     assert again.root == b.root
+
+
+@pytest.mark.parametrize("flags, isa", [
+    (["avx2", "fma"], "AVX2 yes, AVX-512 no, VNNI no, AMX no"),
+    (["avx2", "avx512f", "avx512_vnni", "amx_int8", "amx_tile"], "AVX2 yes, AVX-512 yes, VNNI yes, AMX yes"),
+    (["avx2", "avx_vnni"], "AVX2 yes, AVX-512 no, VNNI yes, AMX no"),
+])
+def test_report_names_the_cpu_features(flags, isa):
+    rows = _fake_rows()
+    for r in rows:
+        r["machine"]["cpu"].update(flags=flags, **{"class": "x"})
+    assert f"CPU x: {isa} ({' '.join(flags)})" in report.summary_line(rows)
+    assert isa in report.markdown(rows, plots=None)
+
+
+def test_report_says_why_the_reference_is_missing():
+    rows = [r for r in _fake_rows() if r["suite"] != "reference"]
+    for r in rows:
+        r["invocation"] = {"reference_skipped": "torch/timm not installed: pip install 'smirk-edge[torch]'"}
+    line = report.summary_line(rows)
+    assert "reference not measured (torch/timm not installed" in line and "speedup" not in line
+    md = report.markdown(rows, plots=None)
+    assert "## Speedup over the reference path\nNot measured in this run: torch/timm" in md
