@@ -163,8 +163,7 @@ def test_torch_backend_errors(tiny, tmp_path):
         Reconstructor(plain.root, backend="torch", device="cpu")
 
 
-def test_torch_artifact_is_fp16_official_layout_and_passes_selftest(tiny):
-    from smirk_edge.export.golden import selftest, selftest_verdict
+def test_torch_artifact_is_fp16_official_layout(tiny):
     from smirk_edge.export.torch_artifact import KIND, NAME
 
     art = tiny.get(NAME)
@@ -172,9 +171,6 @@ def test_torch_artifact_is_fp16_official_layout_and_passes_selftest(tiny):
     state = torch.load(tiny.main_path(art), map_location="cpu", weights_only=True)
     assert all(k.startswith("smirk_encoder.") for k in state if k != "smirk_edge_meta")
     assert all(v.dtype == torch.float16 for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
-    if not tiny.find(role="golden"):
-        pytest.skip("the tiny bundle has no golden crops")
-    assert selftest_verdict(selftest(tiny, backend="torch"))
 
 
 def test_default_model_on_torch_cpu_matches_onnxruntime_on_a_real_photo():
