@@ -17,6 +17,11 @@ its filters (:class:`~smirk_edge.smoothing.StreamSmoothing`) and its identity lo
    so without the detector's anchor the box shrinks frame after frame; see docs/video.md);
 5. encode, smooth (:func:`smirk_edge.pipeline.smooth`), decode, project, and move each track's
    box to the box of its predicted landmarks.
+
+An ended track is remembered for :data:`LOST_FRAMES` frames (its id, identity lock, last box and
+velocity): while one is remembered the full detector runs every :data:`REACQUIRE_EVERY` frames,
+and a new detection near a remembered track's predicted box takes that track's id back (two faces
+crossing: the detector sees one while they overlap, then both again, each with its own id).
 """
 
 from __future__ import annotations
@@ -46,6 +51,13 @@ ANCHOR_WEIGHT = 0.5
 """Weight of the checked detection's box in the next crop box (the rest: the landmark box)."""
 AGREE_IOU = 0.5
 """Below this IoU between the landmark box and the checked detection, the detection's box is used alone."""
+LOST_FRAMES = 30
+"""An ended track is remembered this many frames; a detection near its predicted box revives it."""
+REACQUIRE_EVERY = 2
+"""While a track is remembered, the full detector runs every this many frames."""
+REVIVE_DISTANCE = 0.8
+"""A detection revives a remembered track when its centre is within this many box sides of the
+track's predicted centre and its size within a factor of 1.6."""
 
 
 class Track:
@@ -60,6 +72,8 @@ class Track:
         self.box = np.asarray(box, np.float64)  # 478-landmark-equivalent box for the next crop
         self.score = float(score)
         self.age = 0
+        self.velocity = np.zeros(2)  # box-centre pixels per frame (exponential mean)
+        self.lost_at = -1  # frame count when ended (remembered tracks)
         self.filters: dict[str, Any] = {
             "pose": OneEuroFilter(s.pose), "expression": OneEuroFilter(s.expression),
             "eyelid": OneEuroFilter(s.expression), "jaw": OneEuroFilter(s.expression),
@@ -111,10 +125,12 @@ class Tracker:
         self.lock = lock
         self.policy = CropPolicy(stages.policy.scale, stages.policy.size, align_roll=None)
         self.tracks: list[Track] = []
+        self.lost: list[Track] = []  # ended tracks remembered for LOST_FRAMES frames
+        self.frames = 0
         self.next_id = 0
         self.frame_shape: tuple[int, int] | None = None
         self.since_detect = 0
-        self.counts = {"detections": 0, "checks": 0, "lost": 0, "restarts": 0}
+        self.counts = {"detections": 0, "checks": 0, "lost": 0, "restarts": 0, "revived": 0}
 
     def step(self, frame: np.ndarray, index: int, stamp: float | None = None) -> FrameResult:
         """Faces of frame ``index`` (timestamp ``stamp`` seconds, or None for the nominal frame rate)."""
@@ -122,8 +138,37 @@ class Tracker:
             return self._step(frame, index, stamp)
 
     def reset(self) -> None:
-        """End every track (the next frame is detected afresh)."""
+        """End every track and forget the ended ones (the next frame is detected afresh)."""
         self.tracks = []
+        self.lost = []
+
+    def _forget(self, tr: Track) -> None:
+        tr.lost_at = self.frames
+        self.lost = [t for t in self.lost if t.id != tr.id] + [tr]
+
+    def _predicted(self, tr: Track) -> np.ndarray:
+        shift = tr.velocity * (self.frames - tr.lost_at)
+        return tr.box + np.r_[shift, shift]
+
+    def _revive(self, box: np.ndarray, score: float) -> Track | None:
+        """The remembered track a new detection continues (nearest predicted centre), or None."""
+        best, best_d = None, REVIVE_DISTANCE
+        b = np.asarray(box, np.float64)
+        side_b = max(b[2] - b[0], b[3] - b[1])
+        for tr in self.lost:
+            p = self._predicted(tr)
+            side = max(p[2] - p[0], p[3] - p[1])
+            if not (side > 0 and 1 / 1.6 <= side_b / side <= 1.6):
+                continue
+            d = np.hypot((b[0] + b[2] - p[0] - p[2]) / 2, (b[1] + b[3] - p[1] - p[3]) / 2) / side
+            if d < best_d:
+                best, best_d = tr, d
+        if best is not None:
+            self.lost.remove(best)
+            best.box, best.score, best.velocity = b, float(score), np.zeros(2)
+            best.filters["affine"] = AffineFilter(self.smoothing.landmarks)  # the face moved while unseen
+            self.counts["revived"] += 1
+        return best
 
     def _detect(self, img: np.ndarray, timer: StageTimer) -> None:
         det = self.stages.detect(img, timer)
@@ -136,12 +181,16 @@ class Tracker:
         stages = self.stages
         img = as_bgr_uint8(frame)
         h, w = img.shape[:2]
+        self.frames += 1
+        self.lost = [t for t in self.lost if self.frames - t.lost_at <= LOST_FRAMES]
         if self.frame_shape != (h, w):
             if self.tracks:
                 self.counts["restarts"] += 1
-            self.tracks = []
+            self.tracks, self.lost = [], []
             self.frame_shape = (h, w)
-        if not self.tracks or self.since_detect + 1 >= self.redetect_every:
+        reacquire = bool(self.lost) and len(self.tracks) < self.max_faces \
+            and self.since_detect + 1 >= REACQUIRE_EVERY
+        if not self.tracks or self.since_detect + 1 >= self.redetect_every or reacquire:
             self._detect(img, timer)
         else:
             self.since_detect += 1
@@ -166,6 +215,8 @@ class Tracker:
             side = min(new_box[2] - new_box[0], new_box[3] - new_box[1])
             cx, cy = (new_box[0] + new_box[2]) / 2, (new_box[1] + new_box[3]) / 2
             if side >= 8 and np.all(np.isfinite(new_box)) and -0.25 * w <= cx <= 1.25 * w and -0.25 * h <= cy <= 1.25 * h:
+                move = (new_box[:2] + new_box[2:] - tr.box[:2] - tr.box[2:]) / 2
+                tr.velocity = 0.5 * tr.velocity + 0.5 * move
                 tr.box = new_box
                 tr.age += 1
                 f.box = new_box.astype(np.float32)
@@ -187,6 +238,7 @@ class Tracker:
             found = self._check_one(img, tr.box, taken)
             if found is None:
                 self.counts["lost"] += 1
+                self._forget(tr)
                 continue
             box, score = found
             taken.append(box)
@@ -235,9 +287,14 @@ class Tracker:
                 continue
             used.add(ti)
             track_of[bi] = self.tracks[ti]
+        for ti, tr in enumerate(self.tracks):
+            if ti not in used:
+                self._forget(tr)
         matched: list[Track] = []
         for bi, b in enumerate(boxes):
             tr = track_of.get(bi)
+            if tr is None:
+                tr = self._revive(b, float(scores[bi]))
             if tr is None:
                 tr = Track(self.next_id, b, self.smoothing, float(scores[bi]))
                 self.next_id += 1

@@ -45,11 +45,16 @@ def test_no_face_is_reported_once_the_face_has_left(rec, astronaut):
     assert [len(r) for r in results[6:]] == [0, 0, 0, 0], "a face was reported on an empty frame"
 
 
-def test_a_face_that_comes_back_gets_a_new_track(rec, astronaut):
+def test_a_face_that_comes_back_soon_keeps_its_track_later_gets_a_new_one(rec, astronaut):
+    from smirk_edge.tracking import LOST_FRAMES
+
     empty = np.zeros_like(astronaut)
     results = list(rec.stream([astronaut] * 3 + [empty] * 2 + [astronaut] * 3))
     first, again = results[2][0].track_id, results[5][0].track_id
-    assert first != again and results[6][0].track_id == again
+    assert [len(r) for r in results[3:5]] == [0, 0] and first == again and results[6][0].track_id == again
+    stream = rec.stream([astronaut] * 3 + [empty] * (LOST_FRAMES + 2) + [astronaut] * 2)
+    results = list(stream)
+    assert results[-1][0].track_id != results[2][0].track_id and stream.tracker.counts["revived"] == 0
 
 
 def test_a_frame_size_change_gives_correct_boxes_from_the_next_frame(rec, astronaut):
