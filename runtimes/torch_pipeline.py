@@ -3,8 +3,11 @@
 
 What runs where, per frame (``Reconstructor(backend="torch", device="cuda")``):
 
-1. *detect*: the bundle's BlazeFace graph on the CPU engine (ONNX Runtime / OpenVINO), on one
-   128 px resize of the frame; in video the tracker skips it on most frames.
+1. *detect*: the bundle's BlazeFace ONNX files, on one 128 px resize of the frame made on the host;
+   on CUDA run by torch on the GPU (:class:`~smirk_edge.runtimes.onnx_torch.OnnxTorchRunner`, the
+   same weights, one CUDA graph per input shape: the input and outputs are ~0.2 MB), on the CPU by
+   the CPU engine (ONNX Runtime / OpenVINO, faster there than torch). The tracker's region checks
+   use the same runners.
 2. *crop*: only the part of the frame the crops read is uploaded (the bounding rectangle of the
    crops' source squares, clipped to the frame: a few hundred KB for one face in 720p instead of
    2.7 MB), through a pinned staging buffer with an asynchronous copy; the crops are cut on the

@@ -630,18 +630,26 @@ class FaceDetector:
 
 
 def open_detector(bundle: Any, engine: str | None = None, threads: int | None = None, variant: str = "auto",
-                  score_threshold: float | None = None, max_faces: int = 64) -> FaceDetector:
+                  score_threshold: float | None = None, max_faces: int = 64, device: str | None = None) -> FaceDetector:
     """A :class:`FaceDetector` on real runners: the bundle's ``detector`` artifacts (else the models
     shipped in ``smirk_edge/assets``) opened with ``engine`` (default: the first installed of
     OpenVINO and ONNX Runtime, :func:`smirk_edge.runtimes.registry.detector_engine`).
+    ``engine="torch"`` with a CUDA ``device`` runs the same ONNX files with torch on that GPU
+    (:class:`~smirk_edge.runtimes.onnx_torch.OnnxTorchRunner`, one CUDA graph per input shape).
     The detector's :meth:`FaceDetector.close` releases the runners."""
     from .runtimes import registry
 
-    engine = registry.detector_engine(engine)
+    on_gpu = engine == "torch" and device is not None and str(device).startswith("cuda")
+    engine = "torch" if on_gpu else registry.detector_engine(engine)
     arts = {a.attrs.get("variant", a.name): a for a in bundle.find(role="detector")} if bundle is not None else {}
     runners = {}
     for v in MODELS:
         path = bundle.main_path(arts[v]) if v in arts else model_path(v)
+        if on_gpu:
+            from .runtimes.onnx_torch import OnnxTorchRunner
+
+            runners[v] = OnnxTorchRunner(path, device=str(device)).activate()
+            continue
         runners[v] = registry.make_runner(engine, path, **registry.ENGINES[engine].runner_options(threads, None)).activate()
     det = FaceDetector(runners, variant=variant, score_threshold=score_threshold, max_faces=max_faces)
     det._owned = list(runners.values())

@@ -123,7 +123,7 @@ class Reconstructor:
         log.info("smirk-edge encoder: %s (%s)", self.engine, self.selection_reason)
 
         self.detector = open_detector(self.bundle, self.encoder.engine, self.threads, opts.detector,
-                                      opts.score_threshold, opts.max_faces)
+                                      opts.score_threshold, opts.max_faces, device=self.encoder.device)
         self._runners += list(self.detector.runners.values())
         policy = CropPolicy(info.crop_scale if opts.crop_scale is None else opts.crop_scale, info.input_size,
                             opts.align_roll)

@@ -287,19 +287,20 @@ class Tracker:
                 continue
             used.add(ti)
             track_of[bi] = self.tracks[ti]
-        for ti, tr in enumerate(self.tracks):
+        for ti, old in enumerate(self.tracks):
             if ti not in used:
-                self._forget(tr)
+                self._forget(old)
         matched: list[Track] = []
         for bi, b in enumerate(boxes):
-            tr = track_of.get(bi)
-            if tr is None:
-                tr = self._revive(b, float(scores[bi]))
-            if tr is None:
-                tr = Track(self.next_id, b, self.smoothing, float(scores[bi]))
+            tracked = track_of.get(bi)
+            if tracked is not None:
+                tracked.box = fuse_boxes(tracked.box, np.asarray(b, np.float64))
+                tracked.score = float(scores[bi])
+                matched.append(tracked)
+                continue
+            revived = self._revive(b, float(scores[bi]))  # box and score set there
+            if revived is None:
+                revived = Track(self.next_id, b, self.smoothing, float(scores[bi]))
                 self.next_id += 1
-            else:
-                tr.box = fuse_boxes(tr.box, np.asarray(b, np.float64))
-                tr.score = float(scores[bi])
-            matched.append(tr)
+            matched.append(revived)
         self.tracks = matched[: self.max_faces]

@@ -68,6 +68,9 @@ def test_cuda_batch_and_stream(recs):
 
     img = _photos(0)[0]
     with Reconstructor(backend="torch", device="cuda") as rec:
+        from smirk_edge.runtimes.onnx_torch import OnnxTorchRunner
+
+        assert all(isinstance(r, OnnxTorchRunner) and r.device.startswith("cuda") for r in rec.detector.runners.values())
         single = rec(img)
         got = rec.batch([img] * 5)
         assert [len(r) for r in got] == [len(single)] * 5
