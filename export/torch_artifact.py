@@ -34,11 +34,8 @@ def save_fp16_checkpoint(encoder: Any, path: str | os.PathLike, meta: Mapping[st
         state[ENCODER_PREFIX + k] = (t.half() if t.is_floating_point() else t).contiguous()
     info = dict(meta or {})
     cfg = getattr(encoder, "config", None)
-    if cfg is not None and "encoder_variant" not in info:
-        from smirk_edge.runtimes.torch_encoder import EncoderConfig
-
-        info["encoder_variant"] = ("tiny" if cfg == EncoderConfig.tiny() else
-                                   "full" if cfg == EncoderConfig.full() else "custom")
+    if cfg is not None:
+        info["encoder_variant"] = cfg.variant_name()
     state[META_KEY] = json.dumps(info, sort_keys=True)
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")

@@ -50,6 +50,7 @@ class EncoderConfig:
     shape_backbone: str = "tf_mobilenetv3_large_minimal_100"
     expression_backbone: str = "tf_mobilenetv3_large_minimal_100"
     input_size: int = 224
+    shared: bool = False  # one backbone (``pose_backbone``) feeds the three heads: the fast variants
 
     @classmethod
     def full(cls) -> "EncoderConfig":
@@ -61,14 +62,44 @@ class EncoderConfig:
         return cls("test_efficientnet", "test_efficientnet", "test_efficientnet")
 
     @classmethod
+    def fast(cls) -> "EncoderConfig":
+        """One shared ``tf_mobilenetv3_large_minimal_100`` for the three heads (~0.45 x the full
+        encoder's multiply-adds); trained by distillation (configs/fast_distill.yaml)."""
+        b = "tf_mobilenetv3_large_minimal_100"
+        return cls(b, b, b, shared=True)
+
+    @classmethod
+    def faster(cls) -> "EncoderConfig":
+        """One shared ``tf_mobilenetv3_small_minimal_100`` (~0.12 x the full encoder's multiply-adds)."""
+        b = "tf_mobilenetv3_small_minimal_100"
+        return cls(b, b, b, shared=True)
+
+    @classmethod
+    def tiny_shared(cls) -> "EncoderConfig":
+        """The shared layout at test size."""
+        return cls("test_efficientnet", "test_efficientnet", "test_efficientnet", shared=True)
+
+    @classmethod
+    def variants(cls) -> dict[str, "EncoderConfig"]:
+        """Every named variant (``encoder_variant`` in a checkpoint's metadata)."""
+        return {"full": cls.full(), "tiny": cls.tiny(), "fast": cls.fast(), "faster": cls.faster(),
+                "tiny-shared": cls.tiny_shared()}
+
+    @classmethod
     def named(cls, name: str) -> "EncoderConfig":
-        table = {"full": cls.full, "tiny": cls.tiny}
+        table = cls.variants()
         if name not in table:
             raise ValueError(f"unknown encoder variant {name!r}; choose one of {sorted(table)}")
-        return table[name]()
+        return table[name]
+
+    def variant_name(self) -> str:
+        """This configuration's name in :meth:`variants`, else ``custom``."""
+        return next((k for k, v in self.variants().items() if v == self), "custom")
 
 
-def _backbone(name: str) -> nn.Module:
+def _backbone(name: str | nn.Module) -> nn.Module:
+    if isinstance(name, nn.Module):  # shared with the other branches
+        return name
     timm = require("timm")
     return timm.create_model(name, pretrained=False, features_only=True)
 
@@ -81,7 +112,7 @@ def _pooled_last(backbone: nn.Module, img: torch.Tensor) -> torch.Tensor:
 class PoseEncoder(nn.Module):
     """Global rotation and camera. Keys: ``encoder.*``, ``pose_cam_layers.0.*``."""
 
-    def __init__(self, backbone: str):
+    def __init__(self, backbone: str | nn.Module):
         super().__init__()
         self.encoder = _backbone(backbone)
         self.pose_cam_layers = nn.Sequential(nn.Linear(self.encoder.feature_info.channels()[-1], 6))
@@ -96,14 +127,17 @@ class PoseEncoder(nn.Module):
             lin.bias[3] = 7.0
 
     def forward(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.pose_cam_layers(_pooled_last(self.encoder, img))
+        return self.head(_pooled_last(self.encoder, img))
+
+    def head(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.pose_cam_layers(feat)
         return {"pose": out[:, :3], "cam": out[:, 3:]}
 
 
 class ShapeEncoder(nn.Module):
     """Identity coefficients. Keys: ``encoder.*``, ``shape_layers.0.*``."""
 
-    def __init__(self, backbone: str):
+    def __init__(self, backbone: str | nn.Module):
         super().__init__()
         self.encoder = _backbone(backbone)
         self.shape_layers = nn.Sequential(nn.Linear(self.encoder.feature_info.channels()[-1], N_SHAPE))
@@ -114,13 +148,16 @@ class ShapeEncoder(nn.Module):
             self.shape_layers[0].bias.zero_()
 
     def forward(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"shape": self.shape_layers(_pooled_last(self.encoder, img))}
+        return self.head(_pooled_last(self.encoder, img))
+
+    def head(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"shape": self.shape_layers(feat)}
 
 
 class ExpressionEncoder(nn.Module):
     """Expression, eyelids and jaw. Keys: ``encoder.*``, ``expression_layers.0.*``."""
 
-    def __init__(self, backbone: str):
+    def __init__(self, backbone: str | nn.Module):
         super().__init__()
         self.encoder = _backbone(backbone)
         self.expression_layers = nn.Sequential(
@@ -132,7 +169,10 @@ class ExpressionEncoder(nn.Module):
             self.expression_layers[0].bias.mul_(0.1)
 
     def forward(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
-        p = self.expression_layers(_pooled_last(self.encoder, img))
+        return self.head(_pooled_last(self.encoder, img))
+
+    def head(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:
+        p = self.expression_layers(feat)
         e = N_EXPRESSION
         jaw = torch.cat([F.relu(p[:, e + 2:e + 3]), torch.clamp(p[:, e + 3:e + 5], -0.2, 0.2)], dim=1)
         out = {"expression": p[:, :e], "eyelid": torch.clamp(p[:, e:e + 2], 0.0, 1.0), "jaw": jaw}
@@ -175,6 +215,17 @@ def fold_batchnorm(module: nn.Module) -> int:
     return folded
 
 
+class _Whole(nn.Module):
+    """A shared-backbone encoder as its own single branch (not registered as a child)."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.__dict__["encoder_ref"] = encoder
+
+    def forward(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.encoder_ref(img)
+
+
 class SmirkEncoder(nn.Module):
     """The three SMIRK encoders. ``forward(image (B,3,H,W) in [0,1])`` -> dict of
     ``pose (B,3)``, ``cam (B,3)``, ``shape (B,300)``, ``expression (B,50)``, ``eyelid (B,2)``, ``jaw (B,3)``.
@@ -185,13 +236,22 @@ class SmirkEncoder(nn.Module):
     def __init__(self, config: EncoderConfig | None = None):
         super().__init__()
         self.config = config or EncoderConfig.full()
-        self.pose_encoder = PoseEncoder(self.config.pose_backbone)
-        self.shape_encoder = ShapeEncoder(self.config.shape_backbone)
-        self.expression_encoder = ExpressionEncoder(self.config.expression_backbone)
+        c = self.config
+        shared = _backbone(c.pose_backbone) if c.shared else None
+        self.pose_encoder = PoseEncoder(shared or c.pose_backbone)
+        self.shape_encoder = ShapeEncoder(shared or c.shape_backbone)
+        self.expression_encoder = ExpressionEncoder(shared or c.expression_backbone)
+        if shared is not None:  # registered once (under pose_encoder.encoder): one copy in the state dict
+            for branch in (self.shape_encoder, self.expression_encoder):
+                del branch._modules["encoder"]
+                branch.__dict__["encoder"] = shared
 
     def branches(self) -> list[nn.Module]:
         """The three sub-encoders: independent given the image (the torch runner runs them on three
-        CUDA streams, which overlaps them where one alone cannot fill the GPU)."""
+        CUDA streams, which overlaps them where one alone cannot fill the GPU). A shared-backbone
+        variant has one branch: itself."""
+        if self.config.shared:
+            return [_Whole(self)]
         return [self.pose_encoder, self.shape_encoder, self.expression_encoder]
 
     def init_weights(self) -> None:
@@ -201,9 +261,15 @@ class SmirkEncoder(nn.Module):
         self.expression_encoder.init_weights()
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.pose_encoder(image)
-        out.update(self.shape_encoder(image))
-        out.update(self.expression_encoder(image))
+        if self.config.shared:  # the backbone once, three heads on its pooled features
+            feat = _pooled_last(self.pose_encoder.encoder, image)
+            out = self.pose_encoder.head(feat)
+            out.update(self.shape_encoder.head(feat))
+            out.update(self.expression_encoder.head(feat))
+        else:
+            out = self.pose_encoder(image)
+            out.update(self.shape_encoder(image))
+            out.update(self.expression_encoder(image))
         keys = OUTPUT_NAMES + (("eyelid_raw", "jaw_raw") if self.training else ())  # raw: training losses only
         return {k: out[k] for k in keys if k in out}
 
@@ -293,7 +359,7 @@ def build_encoder(ckpt: Checkpoint, config: EncoderConfig | None = None) -> Smir
             config = EncoderConfig.named(ckpt.meta["encoder_variant"])
         except ValueError as exc:
             raise CheckpointError(str(exc)) from exc
-    candidates = [config] if config is not None else [EncoderConfig.full(), EncoderConfig.tiny()]
+    candidates = [config] if config is not None else list(EncoderConfig.variants().values())
     for cfg in candidates:
         model = SmirkEncoder(cfg)
         if not any(_diff(model, ckpt.encoder)):

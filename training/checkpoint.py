@@ -58,9 +58,8 @@ def save_checkpoint(path: str | os.PathLike, encoder: nn.Module, generator: nn.M
         state.update({GENERATOR_PREFIX + k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()})
     info = dict(meta or {})
     cfg = getattr(encoder, "config", None)
-    if cfg is not None and "encoder_variant" not in info:
-        info["encoder_variant"] = "tiny" if cfg == EncoderConfig.tiny() else (
-            "full" if cfg == EncoderConfig.full() else "custom")
+    if cfg is not None:  # the module's own layout, whatever the metadata it inherited says
+        info["encoder_variant"] = cfg.variant_name()
     state[META_KEY] = json.dumps(info, sort_keys=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

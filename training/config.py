@@ -24,6 +24,10 @@ from typing import Any, Mapping, Sequence
 from smirk_edge.errors import InputError
 
 
+ENCODER_VARIANTS = ("full", "fast", "faster", "tiny", "tiny-shared")
+"""The encoder variants of :class:`smirk_edge.runtimes.torch_encoder.EncoderConfig` (named there)."""
+
+
 class ConfigError(InputError):
     """A training config that cannot be used (unknown key, wrong type, bad value)."""
 
@@ -107,7 +111,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Networks. ``encoder``: ``full`` (official) or ``tiny``; ``generator``: ``official`` or
+    """Networks. ``encoder``: ``full`` (official), ``fast``/``faster`` (one shared backbone), or ``tiny``; ``generator``: ``official`` or
     ``tiny``; ``face_model``: a face-model ``.npz`` (default: the shipped stand-in); ``init_from``:
     a checkpoint in the official layout to start from (stage 2 starts from stage 1's);
     ``vgg_weights``: torchvision VGG16 weights for SMIRK's perceptual loss (default: the
@@ -118,6 +122,7 @@ class ModelConfig:
     face_model: str | None = None
     init_from: str | None = None
     vgg_weights: str | None = None
+    teacher: str | None = None  # distillation: a checkpoint (or "default") whose outputs the encoder learns
 
 
 @dataclass
@@ -219,7 +224,8 @@ class TrainConfig:
         """Check values that types cannot; returns self. Raises :class:`ConfigError`."""
         checks = [
             (self.stage in (1, 2), f"stage must be 1 or 2, got {self.stage}"),
-            (self.model.encoder in ("full", "tiny"), f"model.encoder must be full or tiny, got {self.model.encoder!r}"),
+            (self.model.encoder in ENCODER_VARIANTS,
+             f"model.encoder must be one of {', '.join(ENCODER_VARIANTS)}, got {self.model.encoder!r}"),
             (self.model.generator in ("official", "tiny"),
              f"model.generator must be official or tiny, got {self.model.generator!r}"),
             (self.data.image_size >= 32 and self.data.image_size % 16 == 0,

@@ -137,7 +137,8 @@ class LossWeights:
     ``cycle``, ``emotion`` (always 0: not implemented), ``synthetic`` (our addition, 0 in SMIRK:
     parameter supervision on rendered faces of known parameters, :func:`synthetic_param_loss`),
     ``real68`` (ours, 0 in SMIRK: MSE on human-annotated 68 points, 300-W, where an item has them;
-    the item's ``real68`` mask, and the contour term then skips those points).
+    the item's ``real68`` mask, and the contour term then skips those points); ``teacher`` and
+    ``teacher_landmarks`` (ours, distillation: :func:`teacher_losses`, with ``model.teacher``).
     """
 
     landmark: float = 0.0
@@ -150,6 +151,8 @@ class LossWeights:
     emotion: float = 0.0
     synthetic: float = 0.0
     real68: float = 0.0
+    teacher: float = 0.0
+    teacher_landmarks: float = 0.0
 
     def __post_init__(self):
         if self.emotion != 0:
@@ -578,3 +581,21 @@ def make_perceptual_loss(vgg_weights: str | os.PathLike | None = None, arch: str
     if vgg_weights:
         return VGGPerceptualLoss(vgg_weights, arch=arch)
     return StructuralPerceptualLoss()
+
+
+def teacher_losses(student: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor],
+                   student_points: torch.Tensor, teacher_points: torch.Tensor, n_shape: int = 300
+                   ) -> dict[str, torch.Tensor]:
+    """Distillation terms (ours): ``teacher``, the mean L1 between the student's and the teacher's
+    parameters (pose, camera, the first ``n_shape`` shape coefficients (those the face model
+    uses), expression, eyelids, jaw; each group averaged, then the groups), and
+    ``teacher_landmarks``, the MSE between their projected 68 + 105 landmarks (NDC), so that the
+    student matches what users see even where parameters trade off against each other."""
+    groups = []
+    for k in ("pose", "cam", "shape", "expression", "eyelid", "jaw"):
+        s, t = student[k], teacher[k].detach()
+        if k == "shape":
+            s, t = s[:, :n_shape], t[:, :n_shape]
+        groups.append((s - t).abs().mean())
+    return {"teacher": torch.stack(groups).mean(),
+            "teacher_landmarks": ((student_points - teacher_points.detach()) ** 2).sum(-1).mean()}

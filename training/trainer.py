@@ -171,6 +171,18 @@ class Trainer:
             load_encoder_state(self.encoder, ckpt.encoder)
         self.face = FaceModelLayer.from_file(config.model.face_model or standin_path()).to(self.device)
         self.face.requires_grad_(False)
+        self.teacher = None
+        if config.model.teacher:  # distillation: the teacher's outputs on the same crops (no gradient)
+            from .checkpoint import build_encoder
+
+            self.teacher = build_encoder(read_checkpoint(config.model.teacher)).to(self.device).eval()
+            self.teacher.requires_grad_(False)
+        if self.encoder.config.shared and (self.stage != 1 or (config.finetune.enabled and
+                                                                set(config.finetune.train) != set(BRANCHES))):
+            from .config import ConfigError
+
+            raise ConfigError(f"encoder {config.model.encoder!r} shares one backbone between its three heads: "
+                              "train all of it in stage 1 (distillation), not one branch")
         self.weights = L.LossWeights.from_mapping(config.loss.weights, stage=self.stage)
         self.synthetic_weights = L.SyntheticWeights.from_mapping(config.loss.synthetic)
         self.synth = None
@@ -401,9 +413,11 @@ class Trainer:
         out = self._f32(out)
         if syn is not None:
             out, out_syn = self._split(out, len(b["image"]))
-        terms, _ = self._landmark_terms(out, b)
+        terms, geo = self._landmark_terms(out, b)
         if syn is not None:
             terms.update(self._synthetic_terms(out_syn, syn))
+        if self.teacher is not None:
+            terms.update(self._teacher_terms(img, out, geo, None if syn is None else out_syn))
         terms["expression_reg"] = L.l2_regularizer(out["expression"])
         terms["jaw_reg"] = L.l2_regularizer(out["jaw"])
         V = self.cfg.data.views
@@ -413,6 +427,29 @@ class Trainer:
         else:
             terms["shape_prior"] = L.shape_supervision_loss(out["shape"], None, self.shape_weights)
         return terms
+
+    def _teacher_terms(self, img: torch.Tensor, out: Mapping[str, torch.Tensor], geo: Mapping[str, torch.Tensor],
+                       out_syn: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """Distillation on every crop of the step (photos and renders): :func:`losses.teacher_losses`."""
+        from . import losses as L
+        from .face_model import project_ndc
+
+        with torch.no_grad():
+            with self._autocast():
+                t = self.teacher(img)
+            t = self._f32(t)
+            tg = self.face(t["shape"], t["expression"], t["pose"], t["jaw"], t["eyelid"])
+        student = dict(out) if out_syn is None else {k: torch.cat([out[k], out_syn[k]]) for k in out}
+        sg = {k: geo[k] for k in ("landmarks68", "landmarks105")}
+        if out_syn is not None:  # the renders' geometry, decoded once more for the student
+            g2 = self.face(out_syn["shape"], out_syn["expression"], out_syn["pose"], out_syn["jaw"], out_syn["eyelid"])
+            sg = {k: torch.cat([sg[k], g2[k]]) for k in sg}
+
+        def points(g: Mapping[str, torch.Tensor], cam: torch.Tensor) -> torch.Tensor:
+            return torch.cat([project_ndc(g["landmarks68"], cam)[..., :2], project_ndc(g["landmarks105"], cam)[..., :2]], 1)
+
+        n_shape = getattr(self.face, "n_shape_used", 300) or 300
+        return L.teacher_losses(student, t, points(sg, student["cam"]), points(tg, t["cam"]), n_shape)
 
     def stage2_losses(self, b: Mapping[str, torch.Tensor], g: torch.Generator) -> dict[str, torch.Tensor]:
         """Unweighted stage-2 loss terms: reconstruction pass + (every ``cycle_every`` steps) cycle pass."""

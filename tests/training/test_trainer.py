@@ -299,3 +299,51 @@ def test_lr_pair_term_rewards_the_right_side():
         SyntheticWeights.from_mapping({"lr_pairs": -1})
     with pytest.raises(InputError, match="did you mean 'lr_pairs'"):
         SyntheticWeights.from_mapping({"lr_pair": 1})
+
+
+def test_distillation_trains_a_shared_backbone_student_toward_its_teacher(tmp_path):
+    """``model.teacher``: a tiny shared-backbone student learns a tiny full teacher's outputs."""
+    from smirk_edge.runtimes.torch_encoder import EncoderConfig, SmirkEncoder
+    from smirk_edge.training.checkpoint import build_encoder, read_checkpoint, save_checkpoint
+    from smirk_edge.training.config import config_from_dict
+    from smirk_edge.training.trainer import Trainer
+
+    torch.manual_seed(3)
+    teacher = SmirkEncoder(EncoderConfig.tiny())
+    teacher.init_weights()
+    tpath = save_checkpoint(tmp_path / "teacher.pt", teacher.eval())
+    r = {"batch_size": 8, "device": "cpu", "log_every": 1, "ckpt_every": 0, "progress": False, "tensorboard": False}
+    cfg = config_from_dict({"stage": 1, "model": {"encoder": "tiny-shared", "teacher": str(tpath)},
+                            "data": {"image_size": 64, "num_workers": 0, "epoch_size": 8},
+                            "loss": {"weights": {"landmark": 0.0, "shape_prior": 0.0, "expression_reg": 0.0,
+                                                 "teacher": 10.0, "teacher_landmarks": 100.0}},
+                            "optim": {"lr": 1e-3, "schedule": "constant"}, "run": r}, require_sources=False)
+    ds = _fixed()
+    tr = Trainer(cfg, tmp_path / "run", dataset=ds)
+    assert tr.encoder.config.shared and tr.encoder.shape_encoder.encoder is tr.encoder.pose_encoder.encoder
+    batch = _batch(ds)
+    first = None
+    for _ in range(25):
+        tr.train_step(batch)
+        terms = tr.last_terms()
+        first = first or terms
+    assert terms["teacher"] < first["teacher"] / 2 and terms["teacher_landmarks"] < first["teacher_landmarks"]
+    path = save_checkpoint(tmp_path / "student.pt", tr.encoder)
+    ck = read_checkpoint(path)
+    assert ck.meta["encoder_variant"] == "tiny-shared"
+    back = build_encoder(ck)
+    assert back.config.shared and sum(1 for k in ck.encoder if k.startswith("shape_encoder.encoder.")) == 0
+
+
+def test_a_shared_backbone_cannot_train_one_branch(tmp_path):
+    from smirk_edge.runtimes.torch_encoder import EncoderConfig
+    from smirk_edge.training.config import ENCODER_VARIANTS, ConfigError, config_from_dict
+    from smirk_edge.training.trainer import Trainer
+
+    assert set(ENCODER_VARIANTS) == set(EncoderConfig.variants())
+    cfg = config_from_dict({"stage": 2, "model": {"encoder": "tiny-shared", "generator": "tiny"},
+                            "data": {"image_size": 96, "num_workers": 0, "epoch_size": 4},
+                            "run": {"batch_size": 2, "device": "cpu", "progress": False, "tensorboard": False}},
+                           require_sources=False)
+    with pytest.raises(ConfigError, match="shares one backbone"):
+        Trainer(cfg, tmp_path, dataset=_fixed(4, size=96))
