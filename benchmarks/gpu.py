@@ -47,19 +47,6 @@ FULL_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 # ------------------------------------------------------------------------------------- helpers
-def _random_encoder(variant: str):
-    """The official encoder architecture with SMIRK's head initialisation (seed 0): the reference
-    path's speed does not depend on the weights."""
-    import torch
-
-    from smirk_edge.runtimes.torch_encoder import EncoderConfig, SmirkEncoder
-
-    torch.manual_seed(0)
-    enc = SmirkEncoder(EncoderConfig.named(variant))
-    enc.init_weights()
-    return enc.eval()
-
-
 def _describe() -> tuple[dict, dict]:
     from smirk_edge.system import describe
 
@@ -113,7 +100,9 @@ class Timer:
 def _encoder(variant: str, device, dtype, channels_last: bool):
     import torch
 
-    enc = _random_encoder(variant).to(device=device, dtype=dtype)
+    from smirk_edge.runtimes.torch_encoder import random_encoder
+
+    enc = random_encoder(variant).to(device=device, dtype=dtype)
     if channels_last:
         enc = enc.to(memory_format=torch.channels_last)
     return enc
@@ -349,7 +338,9 @@ def _onnx_for(cfg: dict, work: Path) -> tuple[list[tuple[str, str]], str]:
 
     from smirk_edge.runtimes.torch_encoder import OUTPUT_NAMES
 
-    enc = _random_encoder(cfg["variant"])
+    from smirk_edge.runtimes.torch_encoder import random_encoder
+
+    enc = random_encoder(cfg["variant"])
     path = work / "encoder.onnx"
     try:
         torch.onnx.export(enc, (torch.rand(2, 3, 224, 224),), str(path), input_names=["image"],

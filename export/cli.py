@@ -71,7 +71,8 @@ def export_add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU class the ONNX Runtime int8 artifact is for (default: this machine's, "
                         "smirk_edge.cpu.cpu_class). Classes without VNNI get 7-bit weights (reduce_range). "
                         "The gate runs here, so it must be this machine's class; the manifest records it "
-                        "(attrs.cpu_classes) and the SDK skips the artifact on other classes")
+                        "(attrs.cpu_classes: that class, or every VNNI class for one of them) and the SDK skips the "
+                        "artifact on other classes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -233,7 +233,7 @@ def export_bundle(opts: ExportOptions) -> ExportReport:
 
     thresholds = dict(DEFAULT_THRESHOLDS)
     thresholds.update(opts.thresholds or {})
-    from smirk_edge.cpu import cpu_class, cpu_flags, has_vnni
+    from smirk_edge.cpu import cpu_class, cpu_flags, exact_int8_family, has_vnni
 
     gate_class = cpu_class()  # the gate runs here: int8 ONNX artifacts are valid on this class
     int8_class = opts.int8_cpu_class or gate_class
@@ -272,7 +272,8 @@ def export_bundle(opts: ExportOptions) -> ExportReport:
                                    "cpu_class": gate_class,
                                    "cpu_flags": sorted(f for f in cpu_flags() if f in GATE_FLAGS)}
             if kind.cpu_bound:
-                b.attrs["cpu_classes"] = [gate_class]  # what the gate ran on (smirk_edge.cpu.int8_valid_classes)
+                # the class the gate ran on and those computing the same u8s8 results (smirk_edge.cpu)
+                b.attrs["cpu_classes"] = list(exact_int8_family(gate_class))
             if row.passed or opts.allow_degraded:
                 if not row.passed:
                     row.degraded = True

@@ -107,6 +107,13 @@ def describe_flags(flags: Iterable[str] | None = None) -> str:
     return f"{cpu_class(f)} ({' '.join(have) or 'none of ' + ', '.join(FLAGS_OF_INTEREST)})"
 
 
+def exact_int8_family(cls: str) -> tuple[str, ...]:
+    """The CPU classes whose ONNX Runtime u8s8 int8 results equal those of class ``cls``: every
+    VNNI class (AVX-512 VNNI, AVX-VNNI, AMX: exact int32 sums, no saturation) for one of them,
+    else ``cls`` alone (AVX2 and AVX-512 without VNNI saturate, each in its own way)."""
+    return VNNI_CLASSES if cls in VNNI_CLASSES else (cls,)
+
+
 def int8_valid_classes(attrs: Mapping[str, Any], kind: str = "onnx") -> tuple[str, ...] | None:
     """The CPU classes an int8 artifact is valid for, or None when it runs the same everywhere.
 

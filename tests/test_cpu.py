@@ -36,6 +36,8 @@ def test_int8_validity_stated_and_inferred():
     assert cpu.int8_valid_classes(u8s8) == cpu.VNNI_CLASSES  # bundles written before cpu_classes
     assert cpu.int8_valid_classes({"quantization": {**u8s8["quantization"], "reduce_range": True}}) is None
     assert cpu.int8_valid_classes({**u8s8, "cpu_classes": ["avx2"]}) == ("avx2",)
+    assert cpu.exact_int8_family("amx") == cpu.exact_int8_family("avx-vnni") == cpu.VNNI_CLASSES
+    assert cpu.exact_int8_family("avx2") == ("avx2",) and cpu.exact_int8_family("avx512") == ("avx512",)
     assert cpu.int8_valid_classes(u8s8, kind="openvino-ir") is None  # OpenVINO int8 is right on AVX2 too
     assert cpu.int8_valid_classes({**u8s8, "intended_engine": "tensorrt"}) is None
     assert cpu.int8_applies(u8s8, "onnx", "int8", "amx") and not cpu.int8_applies(u8s8, "onnx", "int8", "avx2")
