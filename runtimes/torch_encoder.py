@@ -347,6 +347,47 @@ def load_encoder_state(encoder: nn.Module, state: Mapping[str, torch.Tensor]) ->
     encoder.load_state_dict(dict(state), strict=True)
 
 
+def warm_start_shared(student: SmirkEncoder, state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Start a shared-backbone student (``fast``, ``faster``) from a three-backbone encoder's state.
+
+    The student's one backbone takes the weights of the teacher's branch built on the same timm
+    architecture (the expression branch first, then shape, then pose: ``fast`` shares
+    ``tf_mobilenetv3_large_minimal_100`` with the expression and shape branches, ``faster``
+    ``tf_mobilenetv3_small_minimal_100`` with the pose branch), and each head whose input width
+    matches is copied; the others keep their initialisation. So distillation starts from an encoder
+    that already answers one branch exactly instead of from random weights. Returns ``{part:
+    source}`` of what was copied (``backbone`` -> ``expression_encoder``, a head -> its key prefix).
+    Raises CheckpointError when no branch of ``state`` has the student's backbone.
+    """
+    if not student.config.shared:
+        raise CheckpointError("warm_start_shared starts a shared-backbone variant (fast, faster); "
+                              f"this encoder is {student.config.variant_name()!r}")
+    own = student.state_dict()
+    backbone = {k[len("pose_encoder.encoder."):]: v for k, v in own.items() if k.startswith("pose_encoder.encoder.")}
+    chosen = None
+    for branch in ("expression_encoder", "shape_encoder", "pose_encoder"):
+        prefix = f"{branch}.encoder."
+        theirs = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if theirs.keys() == backbone.keys() and all(theirs[k].shape == backbone[k].shape for k in backbone):
+            chosen = branch
+            break
+    if chosen is None:
+        raise CheckpointError("no branch of the source encoder has the student's backbone "
+                              f"({student.config.pose_backbone}): it cannot warm-start this variant")
+    new = dict(own)
+    for k in backbone:
+        new["pose_encoder.encoder." + k] = state[f"{chosen}.encoder.{k}"]
+    copied = {"backbone": chosen}
+    for head in ("pose_encoder.pose_cam_layers.", "shape_encoder.shape_layers.", "expression_encoder.expression_layers."):
+        keys = [k for k in own if k.startswith(head)]
+        if keys and all(k in state and state[k].shape == own[k].shape for k in keys):
+            for k in keys:
+                new[k] = state[k]
+            copied[head.rstrip(".")] = head.rstrip(".")
+    student.load_state_dict({k: v.to(own[k].dtype) for k, v in new.items()}, strict=True)
+    return copied
+
+
 def build_encoder(ckpt: Checkpoint, config: EncoderConfig | None = None) -> SmirkEncoder:
     """Build the encoder the checkpoint was made for and load it strictly.
 

@@ -19,7 +19,8 @@ from torch import nn
 
 
 from smirk_edge.runtimes.torch_encoder import (  # noqa: F401  (the readers live with the torch backend)
-    ENCODER_PREFIX, GENERATOR_PREFIX, META_KEY, Checkpoint, _diff, _format_diff, build_encoder, load_encoder_state)
+    ENCODER_PREFIX, GENERATOR_PREFIX, META_KEY, Checkpoint, _diff, _format_diff, build_encoder, load_encoder_state,
+    warm_start_shared)
 from smirk_edge.runtimes.torch_encoder import read_checkpoint as _read_checkpoint
 
 from .encoder import EncoderConfig, SmirkEncoder

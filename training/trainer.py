@@ -140,7 +140,7 @@ class Trainer:
         from smirk_edge.face_model import standin_path
 
         from . import losses as L
-        from .checkpoint import load_encoder_state, read_checkpoint
+        from .checkpoint import load_encoder_state, read_checkpoint, warm_start_shared
         from .encoder import EncoderConfig, SmirkEncoder
         from .face_model import FaceModelLayer
 
@@ -168,7 +168,14 @@ class Trainer:
         ckpt = read_checkpoint(config.model.init_from) if config.model.init_from else None
         self.source_meta = ckpt.meta if ckpt is not None else {}  # provenance: terms are inherited
         if ckpt is not None:
-            load_encoder_state(self.encoder, ckpt.encoder)
+            if self.encoder.config.shared and any(k.startswith("shape_encoder.encoder.") for k in ckpt.encoder):
+                # a shared-backbone student from a three-backbone encoder: the matching branch and heads
+                copied = warm_start_shared(self.encoder, ckpt.encoder)
+                if self.dist.is_main:
+                    print(f"warm start of the {config.model.encoder} encoder from {config.model.init_from}: "
+                          + ", ".join(f"{k} <- {v}" for k, v in copied.items()), flush=True)
+            else:
+                load_encoder_state(self.encoder, ckpt.encoder)
         self.face = FaceModelLayer.from_file(config.model.face_model or standin_path()).to(self.device)
         self.face.requires_grad_(False)
         self.teacher = None

@@ -335,6 +335,55 @@ def test_distillation_trains_a_shared_backbone_student_toward_its_teacher(tmp_pa
     assert back.config.shared and sum(1 for k in ck.encoder if k.startswith("shape_encoder.encoder.")) == 0
 
 
+def test_a_shared_student_warm_starts_from_the_teachers_matching_branch(tmp_path):
+    """``model.init_from`` a three-backbone checkpoint for a shared student: the backbone and every
+    head of matching width are copied, so the student answers that branch exactly as the teacher
+    from the first step (the tiny variants share one architecture: all three heads copy)."""
+    from smirk_edge.errors import CheckpointError
+    from smirk_edge.runtimes.torch_encoder import EncoderConfig, SmirkEncoder, warm_start_shared
+    from smirk_edge.training.checkpoint import save_checkpoint
+    from smirk_edge.training.config import config_from_dict
+    from smirk_edge.training.trainer import Trainer
+
+    torch.manual_seed(5)
+    teacher = SmirkEncoder(EncoderConfig.tiny())
+    teacher.init_weights()
+    with torch.no_grad():  # make the three backbones differ, so the copied one is identifiable
+        for p in teacher.pose_encoder.encoder.parameters():
+            p.add_(0.05)
+    tpath = save_checkpoint(tmp_path / "teacher.pt", teacher.eval())
+    r = {"batch_size": 2, "device": "cpu", "progress": False, "tensorboard": False}
+    cfg = config_from_dict({"stage": 1, "model": {"encoder": "tiny-shared", "init_from": str(tpath)},
+                            "data": {"image_size": 64, "num_workers": 0, "epoch_size": 2}, "run": r},
+                           require_sources=False)
+    student = Trainer(cfg, tmp_path / "run", dataset=_fixed(2)).encoder.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        t, s = teacher(x), student(x)
+    for k in ("expression", "eyelid", "jaw", "shape"):  # expression backbone + expression and shape heads
+        torch.testing.assert_close(s[k], t[k], rtol=0, atol=1e-6)
+    ref = teacher.expression_encoder.encoder.state_dict()
+    for k, v in student.pose_encoder.encoder.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    # the pose head reads a different backbone's features in the teacher: copied, but not the same answer
+    assert not torch.allclose(s["pose"], t["pose"], atol=1e-4)
+    with pytest.raises(CheckpointError, match="shared-backbone variant"):
+        warm_start_shared(SmirkEncoder(EncoderConfig.tiny()), teacher.state_dict())
+
+
+def test_fast_and_faster_warm_start_from_the_full_encoders_branches():
+    """The real variants: ``fast`` takes the expression backbone and the expression and shape heads,
+    ``faster`` the pose backbone and the pose head (the other heads read other widths)."""
+    from smirk_edge.runtimes.torch_encoder import EncoderConfig, SmirkEncoder, warm_start_shared
+
+    full = SmirkEncoder(EncoderConfig.full()).state_dict()
+    fast = warm_start_shared(SmirkEncoder(EncoderConfig.fast()), full)
+    assert fast == {"backbone": "expression_encoder", "shape_encoder.shape_layers": "shape_encoder.shape_layers",
+                    "expression_encoder.expression_layers": "expression_encoder.expression_layers"}
+    faster = warm_start_shared(SmirkEncoder(EncoderConfig.faster()), full)
+    assert faster == {"backbone": "pose_encoder", "pose_encoder.pose_cam_layers": "pose_encoder.pose_cam_layers"}
+
+
 def test_a_shared_backbone_cannot_train_one_branch(tmp_path):
     from smirk_edge.runtimes.torch_encoder import EncoderConfig
     from smirk_edge.training.config import ENCODER_VARIANTS, ConfigError, config_from_dict
