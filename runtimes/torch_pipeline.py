@@ -43,16 +43,20 @@ from .torch_runner import TorchRunner
 __all__ = ["TorchStages", "FrameUpload", "crop_thetas", "source_region"]
 
 
-def source_region(matrices: Sequence[np.ndarray], size: int, height: int, width: int) -> tuple[int, int, int, int]:
+def _inverse_matrices(matrices: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """``(B, 3, 3)`` crop -> image matrices: the inverses of ``(B, 2, 3)`` image -> crop ``matrices``."""
+    m = np.asarray(matrices, np.float64).reshape(-1, 2, 3)
+    m3 = np.concatenate([m, np.broadcast_to(np.array([0.0, 0.0, 1.0]), (len(m), 1, 3))], axis=1)
+    return np.linalg.inv(m3)
+
+
+def source_region(matrices: Sequence[np.ndarray] | np.ndarray, size: int, height: int, width: int
+                  ) -> tuple[int, int, int, int]:
     """``(x0, y0, x1, y1)``: the pixels of an ``height x width`` frame that crops of side ``size``
-    through the image -> crop ``matrices`` read (their source squares' bounding rectangle, one
+    through the image -> crop ``matrices`` ``(B, 2, 3)`` read (their source squares' bounding rectangle, one
     pixel of margin for the bilinear taps, clipped to the frame; empty when every crop is outside)."""
     corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
-    pts = []
-    for m in matrices:
-        m3 = np.vstack([np.asarray(m, np.float64), [0.0, 0.0, 1.0]])
-        pts.append((np.linalg.inv(m3) @ corners.T)[:2].T)
-    p = np.concatenate(pts)
+    p = (_inverse_matrices(matrices) @ corners.T)[:, :2]  # (B, 2, 4): x and y of the corners
     x0 = int(np.clip(np.floor(p[:, 0].min()) - 1, 0, width))
     y0 = int(np.clip(np.floor(p[:, 1].min()) - 1, 0, height))
     x1 = int(np.clip(np.ceil(p[:, 0].max()) + 2, x0, width))
@@ -60,7 +64,8 @@ def source_region(matrices: Sequence[np.ndarray], size: int, height: int, width:
     return x0, y0, x1, y1
 
 
-def crop_thetas(matrices: Sequence[np.ndarray], size: int, region: tuple[int, int, int, int]) -> np.ndarray:
+def crop_thetas(matrices: Sequence[np.ndarray] | np.ndarray, size: int, region: tuple[int, int, int, int]
+                ) -> np.ndarray:
     """``(B, 2, 3)`` float32 ``affine_grid`` matrices (``align_corners=False``) that cut, from the
     uploaded ``region`` of the frame, the crop each image -> crop matrix describes.
 
@@ -72,11 +77,7 @@ def crop_thetas(matrices: Sequence[np.ndarray], size: int, region: tuple[int, in
     out_to_px = np.array([[size / 2.0, 0.0, (size - 1) / 2.0], [0.0, size / 2.0, (size - 1) / 2.0], [0, 0, 1]])
     px_to_norm = np.array([[2.0 / w, 0.0, 1.0 / w - 1.0 - 2.0 * x0 / w],
                            [0.0, 2.0 / h, 1.0 / h - 1.0 - 2.0 * y0 / h], [0, 0, 1]])
-    thetas = []
-    for m in matrices:
-        m3 = np.vstack([np.asarray(m, np.float64), [0.0, 0.0, 1.0]])
-        thetas.append((px_to_norm @ np.linalg.inv(m3) @ out_to_px)[:2])
-    return np.asarray(thetas, np.float32).reshape(-1, 2, 3)
+    return (px_to_norm @ _inverse_matrices(matrices) @ out_to_px)[:, :2].astype(np.float32)
 
 
 class FrameUpload:
@@ -93,20 +94,32 @@ class FrameUpload:
 
     def __call__(self, image: np.ndarray, region: tuple[int, int, int, int]) -> torch.Tensor:
         """``(1, 3, h, w)`` float32 BGR on the device: the region of a ``(H, W, 3)`` uint8 frame."""
-        x0, y0, x1, y1 = region
-        part = image[y0:y1, x0:x1]
-        if part.size == 0:
-            part = np.zeros((1, 1, 3), np.uint8)
-        if self.cuda:
-            n = part.size
-            if self._pinned is None or self._pinned.numel() < n:
-                self._pinned = torch.empty(max(n, 1 << 20), dtype=torch.uint8, pin_memory=True)
-            staging = self._pinned[:n].view(part.shape)
-            np.copyto(staging.numpy(), part)
-            dev = staging.to(self.device, non_blocking=True)
-        else:
-            dev = torch.from_numpy(np.ascontiguousarray(part))
-        return dev.permute(2, 0, 1)[None].float()
+        return self.many([image], [region])[0]
+
+    def many(self, images: Sequence[np.ndarray], regions: Sequence[tuple[int, int, int, int]]) -> list[torch.Tensor]:
+        """:meth:`__call__` of several frames with one host -> device copy: the regions are packed one
+        after the other into the pinned buffer (each frame's own, so no upload overwrites another's
+        bytes before the copy has run), then converted to float32 at once."""
+        parts = []
+        for image, (x0, y0, x1, y1) in zip(images, regions):
+            part = image[y0:y1, x0:x1]
+            parts.append(part if part.size else np.zeros((1, 1, 3), np.uint8))
+        if not self.cuda:
+            return [torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1)[None].float() for p in parts]
+        ends = np.cumsum([p.size for p in parts])
+        n = int(ends[-1])
+        if self._pinned is None or self._pinned.numel() < n:
+            self._pinned = torch.empty(max(n, 1 << 20), dtype=torch.uint8, pin_memory=True)
+        staging = self._pinned[:n].numpy()
+        for p, end in zip(parts, ends):
+            np.copyto(staging[end - p.size:end].reshape(p.shape), p)
+        dev = self._pinned[:n].to(self.device, non_blocking=True).float()
+        return [dev[end - p.size:end].view(p.shape).permute(2, 0, 1)[None] for p, end in zip(parts, ends)]
+
+
+def _levels(crops: torch.Tensor) -> torch.Tensor:
+    """Sampled BGR crops -> RGB in [0, 1] at integer levels, as uint8 crops are."""
+    return torch.round(crops).flip(1).mul_(1.0 / 255.0)
 
 
 class _Graphed:
@@ -170,23 +183,39 @@ class TorchStages(Stages):
     def crop_frame(self, image: np.ndarray, boxes: np.ndarray, rolls: Rolls, timer: StageTimer,
                    policy: CropPolicy | None = None) -> Crops:
         """Stage *crop* on the device: the transforms (numpy, as the numpy stages) and the batch."""
+        return self.crop_frames([image], np.zeros(len(boxes), np.int64), boxes, rolls, timer, policy)
+
+    def crop_frames(self, images: Sequence[np.ndarray], owner: np.ndarray, boxes: np.ndarray, rolls: Rolls,
+                    timer: StageTimer, policy: CropPolicy | None = None) -> Crops:
+        """Stage *crop* of the faces of several frames (``owner``: each face's frame, sorted) as one
+        device batch: one upload of every frame's region, one ``affine_grid``, one ``grid_sample`` per frame."""
         policy = policy or self.policy
         with timer("crop"):
             transforms = crop_transforms(boxes, rolls, policy)
-            return Crops(transforms, self._cut(image, transforms, policy.size))
+            return Crops(transforms, self._cut(images, np.asarray(owner), transforms, policy.size))
 
-    def _cut(self, image: np.ndarray, transforms: Sequence[CropTransform], size: int) -> torch.Tensor:
-        if not transforms:
-            return torch.zeros((0, 3, size, size), device=self.device)
-        matrices = [t.matrix for t in transforms]
-        region = source_region(matrices, size, image.shape[0], image.shape[1])
-        frame = self._upload(image, region)
-        thetas = torch.from_numpy(crop_thetas(matrices, size, region)).to(self.device, non_blocking=True)
+    def _cut(self, images: Sequence[np.ndarray], owner: np.ndarray, transforms: Sequence[CropTransform],
+             size: int) -> torch.Tensor:
         B = len(transforms)
-        grid = F.affine_grid(thetas, [B, 3, size, size], align_corners=False)
-        src = frame.expand(B, -1, -1, -1) if B > 1 else frame
-        out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        return torch.round(out).flip(1).mul_(1.0 / 255.0)  # BGR -> RGB in [0, 1], integer levels as uint8
+        if not B:
+            return torch.zeros((0, 3, size, size), device=self.device)
+        matrices = np.stack([t.matrix for t in transforms])
+        frames, starts, counts = np.unique(owner, return_index=True, return_counts=True)
+        regions = [source_region(matrices[a:a + n], size, images[i].shape[0], images[i].shape[1])
+                   for i, a, n in zip(frames, starts, counts)]
+        sources = self._upload.many([images[i] for i in frames], regions)
+        thetas = torch.from_numpy(np.concatenate([crop_thetas(matrices[a:a + n], size, r)
+                                                  for a, n, r in zip(starts, counts, regions)]))
+        sample = lambda src, grid, n: F.grid_sample(src.expand(n, -1, -1, -1) if n > 1 else src, grid,  # noqa: E731
+                                                    mode="bilinear", padding_mode="zeros", align_corners=False)
+        if self.cuda:  # launch-bound: one grid, one sample per frame, one rounding of the whole batch
+            grid = F.affine_grid(thetas.to(self.device, non_blocking=True), [B, 3, size, size], align_corners=False)
+            outs = [sample(src, grid[a:a + n], n) for src, a, n in zip(sources, starts, counts)]
+            return _levels(outs[0] if len(outs) == 1 else torch.cat(outs))
+        # CPU: frame by frame (each frame's crops stay in cache; the same values as one batch)
+        outs = [_levels(sample(src, F.affine_grid(thetas[a:a + n], [int(n), 3, size, size], align_corners=False), n))
+                for src, a, n in zip(sources, starts, counts)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def encode_batch(self, batch: torch.Tensor, timer: StageTimer) -> dict[str, np.ndarray]:
         """Stage *encode* of a device batch -> parameter arrays on the host (one copy)."""
@@ -270,7 +299,7 @@ class TorchStages(Stages):
     def _download(self, out: torch.Tensor) -> np.ndarray:
         """One device -> host copy of a packed result (through a reused pinned buffer on CUDA)."""
         if not self.cuda:
-            return out.numpy().copy()
+            return out.numpy()  # a fresh tensor of this call (no graph buffer on the CPU)
         n = out.numel()
         if self._host is None or self._host.numel() < n:
             self._host = torch.empty(max(n, 1 << 16), dtype=torch.float32, pin_memory=True)

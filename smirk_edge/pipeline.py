@@ -210,16 +210,25 @@ def image_affines(cam: np.ndarray, crop_matrices: Sequence[np.ndarray], size: in
     SMIRK's camera (:mod:`smirk_edge.camera`: crop pixels ``((s(X+tx), -s(Y+ty)) + 1) * size/2``)
     composed with the inverse of each ``(2, 3)`` image -> crop matrix.
     """
-    import cv2
-
-    from .camera import model_to_crop_affine
-
-    out = np.zeros((len(crop_matrices), 2, 3))
-    for i, (c, m) in enumerate(zip(np.asarray(cam, np.float64).reshape(-1, 3), crop_matrices)):
-        inner = model_to_crop_affine(c, size)
-        outer = cv2.invertAffineTransform(np.asarray(m, np.float64))
-        out[i, :, :2] = outer[:, :2] @ inner[:, :2]
-        out[i, :, 2] = outer[:, :2] @ inner[:, 2] + outer[:, 2]
+    # every face at once: the camera is diagonal in (X, Y) (camera.model_to_crop_affine), the crop
+    # inverted in closed form as cv2.invertAffineTransform does
+    c = np.asarray(cam, np.float64).reshape(-1, 3)
+    m = np.asarray(crop_matrices, np.float64).reshape(-1, 2, 3)
+    n = min(len(c), len(m))
+    c, m = c[:n], m[:n]
+    h = size / 2.0
+    s, tx, ty = c[:, 0], c[:, 1], c[:, 2]
+    sx, sy, ox, oy = h * s, -h * s, h * (s * tx + 1.0), h * (1.0 - s * ty)  # crop px = (sx X + ox, sy Y + oy)
+    det = m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] * m[:, 1, 0]
+    with np.errstate(divide="ignore"):
+        d = np.where(det != 0, 1.0 / np.where(det != 0, det, 1.0), 0.0)
+    a11, a22, a12, a21 = m[:, 1, 1] * d, m[:, 0, 0] * d, -m[:, 0, 1] * d, -m[:, 1, 0] * d
+    b1 = -a11 * m[:, 0, 2] - a12 * m[:, 1, 2]
+    b2 = -a21 * m[:, 0, 2] - a22 * m[:, 1, 2]
+    out = np.zeros((n, 2, 3))
+    out[:, 0, 0], out[:, 0, 1], out[:, 1, 0], out[:, 1, 1] = a11 * sx, a12 * sy, a21 * sx, a22 * sy
+    out[:, 0, 2] = a11 * ox + a12 * oy + b1
+    out[:, 1, 2] = a21 * ox + a22 * oy + b2
     return out
 
 
@@ -436,6 +445,15 @@ class Stages:
         with timer("crop"):
             return crop(image, boxes, rolls, policy or self.policy)
 
+    def crop_frames(self, images: Sequence[np.ndarray], owner: np.ndarray, boxes: np.ndarray, rolls: Rolls,
+                    timer: StageTimer, policy: CropPolicy | None = None) -> Crops:
+        """Stage *crop* of the faces of several frames: ``owner`` ``(N,)`` is each face's frame (sorted, so
+        the batch keeps the faces' order), ``boxes`` ``(N, 4)`` and ``rolls`` theirs; one batch of all."""
+        rl = None if rolls is None else np.asarray(rolls)
+        parts = [self.crop_frame(images[i], boxes[owner == i], None if rl is None else rl[owner == i], timer, policy)
+                 for i in range(len(images)) if np.any(owner == i)]
+        return parts[0] if len(parts) == 1 else self.join_crops(parts)
+
     def encode_batch(self, batch: Any, timer: StageTimer) -> dict[str, np.ndarray]:
         """Stage *encode* of a crop batch (``Crops.batch``)."""
         with timer("encode"):
@@ -467,10 +485,7 @@ class Stages:
              for d, n in zip(detections, counts)])
 
         def crop_pass(sel: np.ndarray, bx: np.ndarray, rl: np.ndarray | None) -> Crops:
-            # ``sel`` (the frame of each face) is sorted, so the joined batch keeps the faces' order
-            parts = [self.crop_frame(images[i], bx[sel == i], None if rl is None else rl[sel == i], timer)
-                     for i in range(len(images)) if np.any(sel == i)]
-            return parts[0] if len(parts) == 1 else self.join_crops(parts)
+            return self.crop_frames(images, sel, bx, rl, timer)
 
         crops = crop_pass(owner, boxes, rolls)
         params = self.encode_batch(crops.batch, timer)

@@ -214,3 +214,59 @@ def test_report_says_why_the_reference_is_missing():
     assert "reference not measured (torch/timm not installed" in line and "speedup" not in line
     md = report.markdown(rows, plots=None)
     assert "## Speedup over the reference path\nNot measured in this run: torch/timm" in md
+
+
+def _sdk_gpu_rows(run: str, written: str, device: str = "NVIDIA H200") -> list[dict]:
+    """Synthetic ``sdk-gpu`` rows of one run: image (misses its 2 ms target), video (meets 1 ms), batch 256
+    (encoder + decode + projection at 51,200 faces/s: meets 40,000)."""
+    base = {"run_id": run, "suite": "sdk-gpu", "engine": "torch", "precision": "fp16", "device": device,
+            "runs": 50, "invocation": {"written": written}}
+    rows = []
+    for mode, batch, stages in (("image", 1, {"detect": 1.5, "crop": 0.3, "encode": 0.4, "total": 2.5}),
+                                ("video", 1, {"check": 0.1, "crop": 0.2, "smooth": 0.1, "total": 0.8}),
+                                ("batch", 256, {"detect": 40.0, "encode": 3.0, "total": 50.0,
+                                                "encode+decode+project": 5.0})):
+        for stage, ms in stages.items():
+            items = (batch if mode == "batch" else 1) * 1000.0 / ms
+            rows.append({**base, "mode": mode, "batch": batch, "stage": stage,
+                         "config": f"sdk-gpu/{mode}/{batch}/{stage}", **summarize([ms]), "items_per_s": items})
+    return rows
+
+
+def test_report_renders_the_sdk_gpu_rows_with_their_targets():
+    rows = _fake_rows() + _sdk_gpu_rows("g-old", "2026-01-01T00:00:00", "NVIDIA H100") + _sdk_gpu_rows(
+        "g-new", "2026-02-01T00:00:00")
+    old_encoder = {"run_id": "g-old", "suite": "gpu-encoder", "engine": "cudagraph", "precision": "fp16",
+                   "layout": "channels_last", "batch": 1, "stage": "encode", "config": "gpu/cudagraph/fp16/b1",
+                   "device": "NVIDIA H100", "invocation": {"written": "2026-01-01T00:00:00"}, "runs": 50,
+                   **summarize([9.0]), "items_per_s": 111.0}
+    new_encoder = {**old_encoder, "run_id": "g-new", "device": "NVIDIA H200",
+                   "invocation": {"written": "2026-02-01T00:00:00"}, **summarize([1.25])}
+    rows += [old_encoder, new_encoder]
+    md = report.markdown(rows, plots=None)
+    assert "### SDK end to end" in md
+    header = next(line for line in md.splitlines() if line.startswith("| GPU | run | mode |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[cols.index("items/s") + 1:] == ["detect", "check", "crop", "encode", "smooth",
+                                                "encode+decode+project", "target", "measured", "met"]
+    lines = {(c[1], c[2]): c for line in md.splitlines() if line.startswith("| NVIDIA")
+             for c in [[x.strip() for x in line.strip("|").split("|")]] if c[2] in ("image", "video", "batch")}
+    # the sdk-gpu lines of both runs are shown (only the microbenchmark rows keep the newest run)
+    assert {k[0] for k in lines} == {"g-old", "g-new"}
+    image, video, batch = lines[("g-new", "image")], lines[("g-new", "video")], lines[("g-new", "batch")]
+    at = {c: i for i, c in enumerate(cols)}
+    assert image[at["total p50 ms"]] == "2.50" and image[at["detect"]] == "1.50" and image[at["check"]] == "-"
+    assert image[at["target"]] == "<= 2.00 ms" and image[at["met"]] == "no"
+    assert video[at["total p50 ms"]] == "0.80" and video[at["met"]] == "yes" and video[at["check"]] == "0.10"
+    assert batch[at["batch"]] == "256" and batch[at["measured"]] == "51,200" and batch[at["met"]] == "yes"
+    assert batch[at["target"]] == "encode+decode+project >= 40,000 faces/s"
+    # the targets are computed: the same batch at 10,000 faces/s misses
+    slow = [{**r, "items_per_s": 10_000.0} if r.get("stage") == "encode+decode+project" else r
+            for r in _sdk_gpu_rows("g3", "2026-03-01T00:00:00")]
+    slow_md = report.markdown(slow, plots=None)
+    assert any(line.startswith("| NVIDIA H200 | g3 | batch |") and line.rstrip().endswith("| 10,000 | no |")
+               for line in slow_md.splitlines())
+    # encoder microbenchmarks of one configuration from two runs: the newest run's row only, and a note says so
+    enc = md.split("### Encoder", 1)[1].split("\n#", 1)[0]
+    assert "| NVIDIA H200 | cudagraph | fp16 |" in enc and "NVIDIA H100" not in enc
+    assert "1 GPU row(s) of run g-old (NVIDIA H100) not shown" in md
