@@ -151,11 +151,19 @@ class Reconstructor:
             return registry.open_artifact(arts, self.bundle.main_path, opts.backend, opts.precision, opts.device,
                                           self.threads)
         except RunnerError:
-            if not skipped or opts.precision != "int8":
+            # the bundle has int8, but not for this engine on this CPU: the same answer on every CPU
+            # class (fp32, logged and warned); a bundle without any int8 artifact is an error
+            int8 = [a for a in arts if a.precision == "int8"]
+            if opts.precision != "int8" or not (skipped or int8):
                 raise
-        why = "; ".join(w for _, w in skipped)
+        if skipped:
+            why = "; ".join(w for _, w in skipped)
+        else:
+            gated = sorted({str((a.attrs.get("accuracy") or {}).get("engine", "?")) for a in int8})
+            why = (f"the bundle's int8 artifacts ({', '.join(os.fspath(a.path) for a in int8)}) are gated for "
+                   f"{', '.join(gated)}, not {opts.backend}")
         log.warning("precision='int8' on %s: %s; running fp32 instead", opts.backend, why)
-        warnings.warn(f"int8 is not valid on this CPU for backend {opts.backend!r} ({why}); running fp32",
+        warnings.warn(f"int8 is not available for backend {opts.backend!r} on this CPU ({why}); running fp32",
                       RuntimeWarning, stacklevel=3)
         return registry.open_artifact(self.bundle.runnable_encoders(None), self.bundle.main_path, opts.backend,
                                       None, opts.device, self.threads)

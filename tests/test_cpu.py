@@ -63,7 +63,7 @@ def test_reconstructor_falls_back_to_fp32_when_int8_onnx_is_not_for_this_cpu(mon
     from smirk_edge import Reconstructor
 
     monkeypatch.setenv(cpu.FLAGS_ENV, AVX2)
-    with pytest.warns(RuntimeWarning, match="not valid on this CPU"):
+    with pytest.warns(RuntimeWarning, match="int8 is not available for backend .onnxruntime. on this CPU"):
         rec = Reconstructor(backend="onnxruntime", precision="int8", threads=1)
     with rec:
         assert rec.artifact.name == "encoder.onnx" and rec.artifact.precision == "fp32"
@@ -190,6 +190,33 @@ def test_more_threads_than_usable_cpus_warns(monkeypatch):
         cv2.setNumThreads(before)
 
 
+@pytest.mark.parametrize("flags", [AVX2, VNNI, AMX])
+def test_openvino_int8_answers_the_same_on_every_cpu_class(monkeypatch, flags):
+    """precision='int8' with OpenVINO and a bundle whose int8 artifact is ONNX Runtime's: fp32 with one
+    warning naming why, on AVX2-only and on VNNI/AMX CPUs alike (it used to raise on VNNI only)."""
+    pytest.importorskip("openvino", reason="openvino not installed (pip install 'smirk-edge[openvino]')")
+    from smirk_edge import Reconstructor
+
+    monkeypatch.setenv(cpu.FLAGS_ENV, flags)
+    with pytest.warns(RuntimeWarning, match="int8 is not available for backend 'openvino'") as caught:
+        with Reconstructor(backend="openvino", precision="int8", threads=1) as rec:
+            assert rec.artifact.name == "encoder.onnx" and rec.artifact.precision == "fp32"
+    text = " ".join(str(w.message) for w in caught)
+    assert ("gated for onnxruntime, not openvino" in text) == (flags != AVX2)
+
+
+def test_int8_asked_of_a_bundle_without_int8_is_an_error(tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'smirk-edge[onnxruntime]')")
+    from factories import make_tiny_bundle
+
+    from smirk_edge import Reconstructor
+    from smirk_edge.runtimes.base import RunnerError
+
+    bundle, _ = make_tiny_bundle(tmp_path / "b")
+    with pytest.raises(RunnerError, match="int8"):
+        Reconstructor(bundle, backend="onnxruntime", precision="int8", threads=1)
+
+
 @pytest.mark.parametrize("flags", [AVX2, AVX512])
 @pytest.mark.parametrize("backend", ["auto", "openvino"])
 @pytest.mark.parametrize("precision", [None, "int8"])
@@ -208,4 +235,4 @@ def test_no_backend_runs_int8_gated_on_vnni_without_vnni(monkeypatch, flags, bac
             art = rec.artifact
     assert cpu.int8_applies(art.attrs, art.kind, art.precision, cpu.cpu_class())
     assert art.precision == "fp32" and art.name == "encoder.onnx"
-    assert any("not valid on this CPU" in str(w.message) for w in caught) == (precision == "int8")
+    assert any("int8 is not available for backend" in str(w.message) for w in caught) == (precision == "int8")
