@@ -278,22 +278,12 @@ def _rotation_quaternion(R: np.ndarray) -> np.ndarray:
 
 
 def head_rotation(face: "Face") -> np.ndarray:
-    """Rotation matrix ``(3, 3)`` of the head in the image's orientation (pose composed with the crop's roll).
+    """Rotation matrix ``(3, 3)`` of the head in the image's orientation (pose composed with the
+    crop's roll, :func:`smirk_edge.results.head_rotation_matrix`; an upside-down crop included)."""
+    from .results import crop_roll_degrees, head_rotation_matrix
 
-    The crop's roll (:func:`smirk_edge.results.crop_roll_degrees`) is read off the crop matrix as
-    the cosine and sine of its rotation part, a rotation about the camera axis.
-    """
-    from .face_model.model import rodrigues
-
-    R = rodrigues(np.asarray(face.params.pose, np.float32)[None])[0].astype(np.float64)
-    if face.crop_matrix is not None:
-        m = np.asarray(face.crop_matrix, np.float64)
-        c, s = m[0, 0], m[1, 0]
-        n = float(np.hypot(c, s))
-        if n > 0 and s != 0:
-            c, s = c / n, s / n
-            R = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ R
-    return R
+    roll = crop_roll_degrees(face.crop_matrix) if face.crop_matrix is not None else 0.0
+    return head_rotation_matrix(face.params.pose, roll)
 
 
 def write_track_glb(path: str | os.PathLike, face_model: "FaceModel", times: Sequence[float],

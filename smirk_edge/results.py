@@ -96,6 +96,19 @@ class Params:
         return {k: getattr(self, k)[None] for k in PARAM_WIDTHS}
 
 
+def head_rotation_matrix(pose: np.ndarray, crop_roll_deg: float = 0.0) -> np.ndarray:
+    """``(3, 3)`` float64 rotation of the head in the image's orientation: the axis-angle ``pose``
+    (relative to the crop) composed with the crop's own counter-clockwise roll about the camera axis."""
+    from .face_model.model import rodrigues
+
+    R = rodrigues(np.asarray(pose, np.float32)[None])[0].astype(np.float64)
+    if crop_roll_deg:
+        a = np.radians(crop_roll_deg)
+        Rz = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+        R = Rz @ R
+    return R
+
+
 def head_pose_degrees(pose: np.ndarray, crop_roll_deg: float = 0.0) -> np.ndarray:
     """``(yaw, pitch, roll)`` degrees from an axis-angle global rotation ``(3,)``.
 
@@ -107,13 +120,7 @@ def head_pose_degrees(pose: np.ndarray, crop_roll_deg: float = 0.0) -> np.ndarra
     own counter-clockwise rotation in the image (:func:`crop_roll_degrees`), composed in so that
     the angles describe the head in the image.
     """
-    from .face_model.model import rodrigues
-
-    R = rodrigues(np.asarray(pose, np.float32)[None])[0].astype(np.float64)
-    if crop_roll_deg:
-        a = np.radians(crop_roll_deg)
-        Rz = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
-        R = Rz @ R
+    R = head_rotation_matrix(pose, crop_roll_deg)
     pitch = np.arcsin(np.clip(-R[1, 2], -1.0, 1.0))
     yaw = np.arctan2(R[0, 2], R[2, 2])
     roll = np.arctan2(R[1, 0], R[1, 1])

@@ -333,3 +333,24 @@ def test_reconstruct_video_glb_writes_an_animated_file_per_track(tmp_path, reque
     except pytest.skip.Exception:
         return
     _assert_valid(validate, track, out / "astronaut.face0.glb")
+
+
+@pytest.mark.parametrize("roll_deg", [0.0, 30.0, 90.0, 180.0, -135.0])
+def test_head_rotation_composes_the_crops_roll_like_head_pose(face_model, roll_deg):
+    """The glTF head rotation and the reported head pose share one rotation (an upside-down crop,
+    180 degrees, included: its rotation part has a zero sine)."""
+    from smirk_edge.results import crop_roll_degrees, head_pose_degrees
+
+    face = _face(face_model, pose=(0.1, -0.3, 0.05))
+    a = np.radians(roll_deg)
+    face.crop_matrix = np.array([[np.cos(a), -np.sin(a), 5.0], [np.sin(a), np.cos(a), -3.0]]) * 1.7
+    R = gltf.head_rotation(face)
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-6)
+    assert np.isclose(crop_roll_degrees(face.crop_matrix) % 360, roll_deg % 360)
+    yaw, pitch, roll = np.radians(head_pose_degrees(face.params.pose, crop_roll_degrees(face.crop_matrix)))
+    # R = Ry(yaw) Rx(pitch) Rz(roll), the documented convention of head_pose_degrees
+    cy, sy, cp, sp, cr, sr = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch), np.cos(roll), np.sin(roll)
+    Ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    Rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    Rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+    np.testing.assert_allclose(R, Ry @ Rx @ Rz, atol=1e-5)
