@@ -325,7 +325,7 @@ class Reconstructor:
 
         The detector runs on the first frame, when no face is tracked, every ``redetect_every``
         frames (new faces are picked up, lost ones dropped), and when a track fails its check:
-        every other frame checks each track with the detector on the track's region (a face that
+        every tracked frame checks each track with the detector on the track's region (a face that
         leaves ends its track; a frame-size change restarts tracking). Expression, jaw, eyelids,
         pose and the model-to-image transform are filtered (``smoothing``, a
         :class:`~smirk_edge.smoothing.StreamSmoothing`); shape is locked per track. Any iterable
