@@ -93,6 +93,21 @@ def test_to_tensor_layout():
     assert x[0, 2].min() == 1.0 and x[0, 0].max() == 0.0  # RGB order, [0, 1]
 
 
+def test_to_tensor_equals_the_plain_float_conversion():
+    """Every uint8 level and a float batch: the same float32 values as RGB-reversing, transposing
+    and scaling by 1/255 in float32 (what every engine's reference expects)."""
+    rng = np.random.default_rng(1)
+    crops = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    crops[1, :16, :16] = levels[..., None]
+    want = crops[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
+    got = to_tensor(crops)
+    assert got.flags.c_contiguous and got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    floats = rng.random((2, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_array_equal(to_tensor(floats), floats[..., ::-1].transpose(0, 3, 1, 2))
+
+
 def test_preprocess_batches_faces():
     image = np.full((300, 400, 3), 128, np.uint8)
     ts = [crop_from_box([10, 10, 110, 130]), crop_from_box([200, 50, 330, 220])]

@@ -370,3 +370,17 @@ def test_large_frame_tiling_finds_small_faces():
         if len(tiled) and iou(b, tiled.boxes).max() >= 0.5:
             found += 1
     assert found >= len(ref) - 1
+
+
+def test_canvas_tensor_is_blazefaces_rgb_input_in_minus_one_to_one():
+    """Every uint8 level maps to float32(v) * float32(1/127.5) - 1, channels reversed to RGB, planar."""
+    from smirk_edge.detector import canvas_tensor
+
+    rng = np.random.default_rng(2)
+    canvas = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    canvas[:16, :16, 1] = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    want = canvas[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
+    got = canvas_tensor(canvas)
+    assert got.shape == (3, 48, 48) and got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want)
+    assert got.min() >= -1.0 and got.max() <= 1.0
