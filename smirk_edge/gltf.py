@@ -279,8 +279,8 @@ def _rotation_quaternion(R: np.ndarray) -> np.ndarray:
 
 def head_rotation(face: "Face") -> np.ndarray:
     """Rotation matrix ``(3, 3)`` of the head in the image's orientation (pose composed with the
-    crop's roll, :func:`smirk_edge.results.head_rotation_matrix`; an upside-down crop included)."""
-    from .results import crop_roll_degrees, head_rotation_matrix
+    crop's roll, :func:`smirk_edge.rotation.head_rotation_matrix`; an upside-down crop included)."""
+    from .rotation import crop_roll_degrees, head_rotation_matrix
 
     roll = crop_roll_degrees(face.crop_matrix) if face.crop_matrix is not None else 0.0
     return head_rotation_matrix(face.params.pose, roll)

@@ -20,6 +20,8 @@ from typing import Any, Callable, Mapping, cast
 
 import numpy as np
 
+from .rotation import crop_roll_degrees, head_rotation_matrix  # noqa: F401  (crop_roll_degrees: re-exported)
+
 PARAM_WIDTHS = {"pose": 3, "cam": 3, "shape": 300, "expression": 50, "eyelid": 2, "jaw": 3}
 DEFERRED_FIELDS = ("vertices", "vertices_image", "landmarks68", "landmarks105", "head_pose")
 """The :class:`Face` fields that may be given as :func:`deferred` values: computed on first read, then kept."""
@@ -96,19 +98,6 @@ class Params:
         return {k: getattr(self, k)[None] for k in PARAM_WIDTHS}
 
 
-def head_rotation_matrix(pose: np.ndarray, crop_roll_deg: float = 0.0) -> np.ndarray:
-    """``(3, 3)`` float64 rotation of the head in the image's orientation: the axis-angle ``pose``
-    (relative to the crop) composed with the crop's own counter-clockwise roll about the camera axis."""
-    from .face_model.model import rodrigues
-
-    R = rodrigues(np.asarray(pose, np.float32)[None])[0].astype(np.float64)
-    if crop_roll_deg:
-        a = np.radians(crop_roll_deg)
-        Rz = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
-        R = Rz @ R
-    return R
-
-
 def head_pose_degrees(pose: np.ndarray, crop_roll_deg: float = 0.0) -> np.ndarray:
     """``(yaw, pitch, roll)`` degrees from an axis-angle global rotation ``(3,)``.
 
@@ -125,13 +114,6 @@ def head_pose_degrees(pose: np.ndarray, crop_roll_deg: float = 0.0) -> np.ndarra
     yaw = np.arctan2(R[0, 2], R[2, 2])
     roll = np.arctan2(R[1, 0], R[1, 1])
     return np.degrees([yaw, pitch, roll]).astype(np.float32)
-
-
-def crop_roll_degrees(crop_matrix: np.ndarray) -> float:
-    """Counter-clockwise rotation (degrees, as seen in the image) of the square that a 2x3
-    image -> crop affine cuts out: 0 for an upright crop."""
-    m = np.asarray(crop_matrix, np.float64)
-    return float(np.degrees(np.arctan2(m[1, 0], m[0, 0])))
 
 
 @dataclass
