@@ -23,11 +23,13 @@ code is then 128 + the signal number.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Callable
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -167,7 +169,11 @@ def _json_bytes(doc: dict) -> bytes:
     return json.dumps(doc, indent=1, allow_nan=False).encode("utf-8")
 
 
-def _image(rec, path: Path, out: Path, stem: str, mesh_format: str, written: list[Path], glb: bool = False) -> int:
+def _image(rec, path: Path, out: Path, stem: str, mesh_format: str, written: list[Path], glb: bool = False,
+           done: Callable[[int], None] | None = None) -> int:
+    """One image: reconstruct (interruptible), then write its files and record it (``done``) with
+    SIGINT/SIGTERM held, so a signal leaves either every file of the input and its record, or none
+    (a held signal is delivered right after). Each path is in ``written`` before its file exists."""
     from .draw import draw
     from .fileio import atomic_write, display_path
     from .image import encode_image, load_image
@@ -178,20 +184,31 @@ def _image(rec, path: Path, out: Path, stem: str, mesh_format: str, written: lis
     doc = _json_bytes({"input": display_path(path), "width": image.shape[1], "height": image.shape[0],
                        "timings_ms": rec.timings, "faces": [f.to_dict() for f in faces]})
     del image
-    written.append(atomic_write(out / f"{stem}.overlay.jpg", overlay))
-    if mesh_format != "none":
-        for i, f in enumerate(faces):
-            written.append(f.save_mesh(out / f"{stem}.face{i}.{mesh_format}"))
-    for i, f in enumerate(faces if glb else []):  # glTF hook: smirk_edge.gltf
-        written.append(f.save_mesh(out / f"{stem}.face{i}.glb", space="model"))
-    written.append(atomic_write(out / f"{stem}.json", doc))  # last: the record that the input is done
+
+    def put(target: Path, write: Callable[[], Path | None]) -> None:
+        written.append(target)  # first: a write cut short is still cleaned up
+        made = write()
+        if made is not None and Path(made) != target:
+            written.append(Path(made))
+
+    with _signals_held():
+        put(out / f"{stem}.overlay.jpg", lambda: atomic_write(out / f"{stem}.overlay.jpg", overlay))
+        if mesh_format != "none":
+            for i, f in enumerate(faces):
+                target = out / f"{stem}.face{i}.{mesh_format}"
+                put(target, lambda f=f, target=target: f.save_mesh(target))
+        for i, f in enumerate(faces if glb else []):  # glTF hook: smirk_edge.gltf
+            target = out / f"{stem}.face{i}.glb"
+            put(target, lambda f=f, target=target: f.save_mesh(target, space="model"))
+        put(out / f"{stem}.json", lambda: atomic_write(out / f"{stem}.json", doc))  # last: the input is done
+        if done is not None:
+            done(len(faces))
     return len(faces)
 
 
 def _video(rec, path: Path | str, out: Path, stem: str, args: argparse.Namespace, written: list[Path]) -> int:
     """A video file, camera or stream: :func:`smirk_edge.video_out.reconstruct_video` (per-frame JSON
     Lines as they are made, overlay, summary). A file's path reaches OpenCV only in a safe form."""
-    import contextlib
 
     from .errors import InputError
     from .fileio import display_path, opencv_readable_path
@@ -226,8 +243,31 @@ class _Interrupted(BaseException):
         self.signum = signum
 
 
+_HOLD = {"depth": 0, "pending": None}
+"""While :func:`_signals_held` is active, a signal is kept here and raised when the block ends."""
+
+
 def _raise_interrupted(signum, _frame):
+    if _HOLD["depth"]:
+        _HOLD["pending"] = _HOLD["pending"] or signum
+        return
     raise _Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT / SIGTERM held for the block: one that arrives is raised as :class:`_Interrupted` when
+    the block ends, so the outputs of one input and its record stay together. (Python runs signal
+    handlers in the main thread, whichever thread the signal reached: a flag works where a signal
+    mask would not, since the engines' threads do not block signals.)"""
+    _HOLD["depth"] += 1
+    try:
+        yield
+    finally:
+        _HOLD["depth"] -= 1
+        if not _HOLD["depth"] and _HOLD["pending"] is not None:
+            signum, _HOLD["pending"] = _HOLD["pending"], None
+            raise _Interrupted(signum)
 
 
 def _install_signal_handlers() -> dict:
@@ -302,10 +342,18 @@ def run(args: argparse.Namespace) -> int:
                         written += [p for p in (out / f"{stem}.jsonl", out / f"{stem}.overlay.mp4",
                                                 out / f"{stem}.json") if p.exists()]
                     else:
-                        k = _image(rec, path, out, stem, args.mesh_format, written, glb=args.glb)
-                        n_images += 1
-                        for key, v in rec.timings.items():
-                            stage_sums[key] = stage_sums.get(key, 0.0) + v
+                        def record(k: int, path: Path = path, stem: str = stem, written: list[Path] = written) -> None:
+                            nonlocal n_images, n_faces
+                            n_images += 1
+                            for key, v in rec.timings.items():
+                                stage_sums[key] = stage_sums.get(key, 0.0) + v
+                            n_faces += k
+                            results.append({"input": display_path(path), "stem": stem, "faces": k,
+                                            "files": [p.name for p in written]})
+
+                        _image(rec, path, out, stem, args.mesh_format, written, glb=args.glb, done=record)
+                        done += 1
+                        continue
                     n_faces += k
                     results.append({"input": display_path(path) if isinstance(path, Path) else path,
                                     "stem": stem, "faces": k,

@@ -305,6 +305,40 @@ def test_a_signal_mid_run_still_writes_a_valid_summary(bundle, tmp_path, sig):
     assert {p.name.split(".")[0] for p in out.glob("img*")} == stems  # no orphan of the interrupted input
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to its own process (POSIX)")
+@pytest.mark.parametrize("at", ["overlay", "json"])
+def test_a_signal_while_an_image_is_written_is_delivered_after_its_record(bundle, tmp_path, monkeypatch, at):
+    """The files of one input and its record in the summary stay together: a SIGINT that arrives
+    while they are written (here: right after the overlay, or right after the JSON) is held until the
+    input is recorded, then raised; every path written is in the list the CLI cleans up from."""
+    from smirk_edge import Reconstructor, fileio
+    from smirk_edge import reconstruct_cli as rc
+
+    src = tmp_path / "img.jpg"
+    src.write_bytes(_jpeg(3, (240, 320)))
+    out = tmp_path / "out"
+    out.mkdir()
+    real = fileio.atomic_write
+
+    def write_then_signal(path, data):
+        made = real(path, data)
+        if str(path).endswith(".overlay.jpg" if at == "overlay" else ".json"):
+            os.kill(os.getpid(), signal.SIGINT)
+        return made
+
+    monkeypatch.setattr(fileio, "atomic_write", write_then_signal)
+    recorded, written = [], []
+    old = signal.signal(signal.SIGINT, rc._raise_interrupted)
+    try:
+        with Reconstructor(bundle, backend="onnxruntime", threads=1) as rec:
+            with pytest.raises(rc._Interrupted):
+                rc._image(rec, src, out, "img", "none", written, done=recorded.append)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert len(recorded) == 1, "the input was recorded before the held signal was raised"
+    assert {p.name for p in out.iterdir()} == {"img.overlay.jpg", "img.json"} == {p.name for p in written}
+
+
 # ----------------------------------------------------------------------------- OpenVINO writes nothing
 def test_openvino_reconstruction_leaves_home_untouched(bundle, tmp_path, shared_data):
     pytest.importorskip("openvino")
