@@ -256,21 +256,27 @@ def _raise_interrupted(signum, _frame):
 
 @contextlib.contextmanager
 def _signals_held():
-    """SIGINT / SIGTERM held for the block: one that arrives is raised as :class:`_Interrupted` when
-    the block ends, so the outputs of one input and its record stay together. (Python runs signal
-    handlers in the main thread, whichever thread the signal reached: a flag works where a signal
-    mask would not, since the engines' threads do not block signals.)"""
+    """SIGINT / SIGTERM held for the block: one that arrives is kept, and raised as
+    :class:`_Interrupted` by :func:`_deliver_held_signal` once the input is accounted for, so the
+    outputs of one input and its record stay together. (Python runs signal handlers in the main
+    thread, whichever thread the signal reached: a flag works where a signal mask would not, since
+    the engines' threads do not block signals.)"""
     _HOLD["depth"] += 1
     try:
         yield
     finally:
         _HOLD["depth"] -= 1
-        if not _HOLD["depth"] and _HOLD["pending"] is not None:
-            signum, _HOLD["pending"] = _HOLD["pending"], None
-            raise _Interrupted(signum)
+
+
+def _deliver_held_signal() -> None:
+    """Raise the signal :func:`_signals_held` kept, if any."""
+    if not _HOLD["depth"] and _HOLD["pending"] is not None:
+        signum, _HOLD["pending"] = _HOLD["pending"], None
+        raise _Interrupted(signum)
 
 
 def _install_signal_handlers() -> dict:
+    _HOLD["depth"], _HOLD["pending"] = 0, None  # a fresh run holds nothing from an earlier one
     old = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -341,6 +347,9 @@ def run(args: argparse.Namespace) -> int:
                         k = _video(rec, path, out, stem, args, written)
                         written += [p for p in (out / f"{stem}.jsonl", out / f"{stem}.overlay.mp4",
                                                 out / f"{stem}.json") if p.exists()]
+                        n_faces += k
+                        results.append({"input": display_path(path) if isinstance(path, Path) else path,
+                                        "stem": stem, "faces": k, "files": [p.name for p in written]})
                     else:
                         def record(k: int, path: Path = path, stem: str = stem, written: list[Path] = written) -> None:
                             nonlocal n_images, n_faces
@@ -351,13 +360,8 @@ def run(args: argparse.Namespace) -> int:
                             results.append({"input": display_path(path), "stem": stem, "faces": k,
                                             "files": [p.name for p in written]})
 
+                        # its files and its record are made with signals held (_signals_held)
                         _image(rec, path, out, stem, args.mesh_format, written, glb=args.glb, done=record)
-                        done += 1
-                        continue
-                    n_faces += k
-                    results.append({"input": display_path(path) if isinstance(path, Path) else path,
-                                    "stem": stem, "faces": k,
-                                    "files": [p.name for p in written]})
                 except BaseException as exc:  # the per-input boundary: clean up; record and go on
                     _remove(written)  # a video's JSON Lines are never in it: its frames so far are kept
                     if not isinstance(exc, Exception):
@@ -368,6 +372,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"smirk-edge reconstruct: {text}", file=sys.stderr)
                     n_failed_files += 1
                 done += 1
+                _deliver_held_signal()  # a signal held while the input was finished stops the run here
     except (_Interrupted, KeyboardInterrupt) as sig:
         interrupted = getattr(sig, "signum", signal.SIGINT)
         engine = getattr(rec, "engine", None)

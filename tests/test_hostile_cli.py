@@ -310,7 +310,7 @@ def test_a_signal_mid_run_still_writes_a_valid_summary(bundle, tmp_path, sig):
 def test_a_signal_while_an_image_is_written_is_delivered_after_its_record(bundle, tmp_path, monkeypatch, at):
     """The files of one input and its record in the summary stay together: a SIGINT that arrives
     while they are written (here: right after the overlay, or right after the JSON) is held until the
-    input is recorded, then raised; every path written is in the list the CLI cleans up from."""
+    input is recorded and accounted, then raised; every path written is in the list the CLI cleans up from."""
     from smirk_edge import Reconstructor, fileio
     from smirk_edge import reconstruct_cli as rc
 
@@ -331,11 +331,13 @@ def test_a_signal_while_an_image_is_written_is_delivered_after_its_record(bundle
     old = signal.signal(signal.SIGINT, rc._raise_interrupted)
     try:
         with Reconstructor(bundle, backend="onnxruntime", threads=1) as rec:
+            rc._image(rec, src, out, "img", "none", written, done=recorded.append)  # the signal is held
+            assert len(recorded) == 1, "the input is recorded before the held signal is raised"
             with pytest.raises(rc._Interrupted):
-                rc._image(rec, src, out, "img", "none", written, done=recorded.append)
+                rc._deliver_held_signal()
+            rc._deliver_held_signal()  # delivered once
     finally:
         signal.signal(signal.SIGINT, old)
-    assert len(recorded) == 1, "the input was recorded before the held signal was raised"
     assert {p.name for p in out.iterdir()} == {"img.overlay.jpg", "img.json"} == {p.name for p in written}
 
 
