@@ -164,6 +164,7 @@ class LossConfig:
     cycle_repeat: int = 1
     synthetic: dict[str, float] = field(default_factory=dict)
     synthetic_batch: int = 0
+    landmark_error: str = "squared"  # or "distance" (ours): losses.landmark_loss
 
 
 @dataclass
@@ -237,6 +238,8 @@ class TrainConfig:
             (self.optim.schedule != "cosine_run" or bool(self.run.max_steps),
              "optim.schedule cosine_run needs run.max_steps"),
             (self.loss.synthetic_batch >= 0, f"loss.synthetic_batch must be >= 0, got {self.loss.synthetic_batch}"),
+            (self.loss.landmark_error in ("squared", "distance"),
+             f"loss.landmark_error must be 'squared' (SMIRK) or 'distance', got {self.loss.landmark_error!r}"),
             (self.optim.lr > 0, f"optim.lr must be > 0, got {self.optim.lr}"),
             (self.run.amp in ("auto", "bf16", "off"), f"run.amp must be auto, bf16 or off, got {self.run.amp!r}"),
             (self.run.batch_size >= 1, f"run.batch_size must be >= 1, got {self.run.batch_size}"),

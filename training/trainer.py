@@ -363,13 +363,14 @@ class Trainer:
         l105 = project_ndc(geo["landmarks105"], cam)[..., :2]
         valid = b["valid"]
         real = b.get("real68")
+        err = self.cfg.loss.landmark_error
         if real is None:
-            terms = {"landmark_contour": L.contour_landmark_loss(l68, b["landmarks68"], valid)}
+            terms = {"landmark_contour": L.contour_landmark_loss(l68, b["landmarks68"], valid, err)}
         else:  # annotated 68 points where a photo has them; the mesh-derived contour elsewhere
             real = real.to(l68.dtype)
-            terms = {"landmark_contour": L.contour_landmark_loss(l68, b["landmarks68"], valid[:, None] * (1 - real)),
-                     "real68": L.landmark_loss(l68, b["landmarks68"], valid[:, None] * real)}
-        terms["landmark_mediapipe"] = L.mediapipe_landmark_loss(l105, b["landmarks105"], valid)
+            terms = {"landmark_contour": L.contour_landmark_loss(l68, b["landmarks68"], valid[:, None] * (1 - real), err),
+                     "real68": L.landmark_loss(l68, b["landmarks68"], valid[:, None] * real, err)}
+        terms["landmark_mediapipe"] = L.mediapipe_landmark_loss(l105, b["landmarks105"], valid, err)
         return terms, geo
 
     @staticmethod

@@ -36,6 +36,44 @@ def test_landmark_loss_masks():
         L.landmark_loss(pred, tgt, torch.ones(3))
 
 
+def test_landmark_distance_error_is_the_mean_point_distance():
+    pred = torch.randn(4, 105, 2, generator=_g(4), requires_grad=True)
+    tgt = torch.randn(4, 105, 2, generator=_g(5))
+    dist = (pred - tgt).norm(dim=-1)  # (B, L)
+    eps = 1e-3
+    torch.testing.assert_close(L.landmark_loss(pred, tgt, error="distance"),
+                               (torch.sqrt(dist ** 2 + eps ** 2) - eps).mean())
+    valid = torch.tensor([True, False, True, False])
+    torch.testing.assert_close(L.landmark_loss(pred, tgt, valid, error="distance"),
+                               (torch.sqrt(dist[valid] ** 2 + eps ** 2) - eps).mean())
+    # contour and MediaPipe wrappers pass it through
+    p68, t68 = pred[:, :68], tgt[:, :68]
+    torch.testing.assert_close(L.contour_landmark_loss(p68, t68, error="distance"),
+                               L.landmark_loss(p68[:, :17], t68[:, :17], error="distance"))
+    torch.testing.assert_close(L.mediapipe_landmark_loss(pred, tgt, error="distance"),
+                               L.landmark_loss(pred, tgt, error="distance"))
+    # the pull on a point is bounded (unit length) instead of growing with its error
+    far = torch.zeros(1, 2, 2, requires_grad=True)
+    target = torch.tensor([[[0.0, 0.0], [10.0, 0.0]]])
+    L.landmark_loss(far, target, error="distance").backward()
+    torch.testing.assert_close(far.grad[0, 1], torch.tensor([-0.5, 0.0]), atol=1e-6, rtol=0)
+    # finite gradient at zero error
+    same = torch.zeros(1, 3, 2, requires_grad=True)
+    L.landmark_loss(same, torch.zeros(1, 3, 2), error="distance").backward()
+    assert torch.isfinite(same.grad).all() and same.grad.abs().max() == 0
+    with pytest.raises(InputError, match="landmark error must be one of squared, distance"):
+        L.landmark_loss(pred, tgt, error="l1")
+
+
+def test_config_rejects_an_unknown_landmark_error():
+    from smirk_edge.training.config import ConfigError, TrainConfig
+
+    cfg = TrainConfig()
+    cfg.loss.landmark_error = "huber"
+    with pytest.raises(ConfigError, match="loss.landmark_error"):
+        cfg.validate(require_sources=False)
+
+
 def test_contour_uses_first_17_points():
     pred = torch.randn(2, 68, 2, generator=_g(2))
     tgt = torch.randn(2, 68, 2, generator=_g(3))
