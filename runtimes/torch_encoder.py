@@ -6,6 +6,9 @@
 - expression: ``tf_mobilenetv3_large_minimal_100`` (960 ch) -> Linear(960, 55): 50 expression,
   2 eyelid clamped to [0, 1], 3 jaw as [ReLU(p0), clamp(p1:3, -0.2, 0.2)].
 
+The shared-backbone variants (``fast``, ``faster``, ``mesh``) put the three heads on one backbone;
+``mesh`` is MediaPipe's face-mesh network (``runtimes/mesh_backbone.py``, not timm).
+
 Input: ``(B, 3, 224, 224)`` RGB float32 in [0, 1], no mean/std normalisation.
 Backbones are built with ``pretrained=False``: a checkpoint provides every weight.
 """
@@ -26,6 +29,8 @@ from smirk_edge._lazy import require
 from smirk_edge.bundle import sha256_file as file_sha256
 from smirk_edge.errors import CheckpointError
 
+from .mesh_backbone import MESH_BACKBONE
+
 # Checkpoints in the official SMIRK layout (``SMIRK_em1.pt``): a flat state dict saved with
 # ``torch.save``; encoder weights carry the prefix ``smirk_encoder.``, generator weights
 # ``smirk_generator.``; smirk-edge adds ``smirk_edge_meta`` (a JSON string: encoder variant, training
@@ -44,7 +49,7 @@ OUTPUT_WIDTHS = {"pose": 3, "cam": 3, "shape": N_SHAPE, "expression": N_EXPRESSI
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """Which timm backbone each branch uses. ``full`` is the official architecture."""
+    """Which backbone each branch uses (a timm name, or ``MESH_BACKBONE``). ``full`` is the official architecture."""
 
     pose_backbone: str = "tf_mobilenetv3_small_minimal_100"
     shape_backbone: str = "tf_mobilenetv3_large_minimal_100"
@@ -75,6 +80,12 @@ class EncoderConfig:
         return cls(b, b, b, shared=True)
 
     @classmethod
+    def mesh(cls) -> "EncoderConfig":
+        """One shared MediaPipe face-mesh backbone (:mod:`.mesh_backbone`, 128 pooled channels) for
+        the three heads; warm-started from MediaPipe's weights (:func:`load_mesh_weights`)."""
+        return cls(MESH_BACKBONE, MESH_BACKBONE, MESH_BACKBONE, shared=True)
+
+    @classmethod
     def tiny_shared(cls) -> "EncoderConfig":
         """The shared layout at test size."""
         return cls("test_efficientnet", "test_efficientnet", "test_efficientnet", shared=True)
@@ -83,7 +94,7 @@ class EncoderConfig:
     def variants(cls) -> dict[str, "EncoderConfig"]:
         """Every named variant (``encoder_variant`` in a checkpoint's metadata)."""
         return {"full": cls.full(), "tiny": cls.tiny(), "fast": cls.fast(), "faster": cls.faster(),
-                "tiny-shared": cls.tiny_shared()}
+                "mesh": cls.mesh(), "tiny-shared": cls.tiny_shared()}
 
     @classmethod
     def named(cls, name: str) -> "EncoderConfig":
@@ -100,6 +111,10 @@ class EncoderConfig:
 def _backbone(name: str | nn.Module) -> nn.Module:
     if isinstance(name, nn.Module):  # shared with the other branches
         return name
+    if name == MESH_BACKBONE:  # ours, not a timm model
+        from .mesh_backbone import FaceMeshBackbone
+
+        return FaceMeshBackbone()
     timm = require("timm")
     return timm.create_model(name, pretrained=False, features_only=True)
 
@@ -386,6 +401,39 @@ def warm_start_shared(student: SmirkEncoder, state: Mapping[str, torch.Tensor]) 
             copied[head.rstrip(".")] = head.rstrip(".")
     student.load_state_dict({k: v.to(own[k].dtype) for k, v in new.items()}, strict=True)
     return copied
+
+
+def load_mesh_weights(encoder: SmirkEncoder, source: str | os.PathLike | Mapping[str, torch.Tensor]) -> int:
+    """Start a ``mesh`` encoder's backbone from MediaPipe's face-mesh weights; the heads keep theirs.
+
+    ``source``: the file ``export/detector/convert_face_mesh.py`` writes (the whole network's state
+    dict, plain tensors, read with ``weights_only=True``) or that mapping. Only the backbone's keys
+    are taken, checked key by key and shape by shape. Returns how many tensors were loaded.
+    Raises CheckpointError: not a ``mesh`` encoder, an unreadable file, or weights that do not fit.
+    """
+    from .mesh_backbone import FaceMeshBackbone, backbone_state
+
+    backbone = encoder.pose_encoder.encoder
+    if not (encoder.config.shared and isinstance(backbone, FaceMeshBackbone)):
+        raise CheckpointError("load_mesh_weights starts the mesh variant's backbone; this encoder is "
+                              f"{encoder.config.variant_name()!r}")
+    if isinstance(source, Mapping):
+        state = source
+    else:
+        try:
+            state = torch.load(Path(source), map_location="cpu", weights_only=True)
+        except Exception as exc:  # missing, truncated, or not a plain-tensor file
+            raise CheckpointError(f"cannot read face-mesh weights {source} safely (weights_only=True): {exc}; "
+                                  "write them with export/detector/convert_face_mesh.py") from exc
+        if not isinstance(state, Mapping):
+            raise CheckpointError(f"{source} holds a {type(state).__name__}, expected a state dict")
+    theirs = backbone_state(state)
+    missing, _, shapes = _diff(backbone, theirs)
+    if missing or shapes:
+        raise CheckpointError("face-mesh weights do not fit the mesh backbone: " + _format_diff(missing, [], shapes))
+    own = backbone.state_dict()
+    backbone.load_state_dict({k: v.to(own[k].dtype) for k, v in theirs.items()}, strict=True)
+    return len(theirs)
 
 
 def build_encoder(ckpt: Checkpoint, config: EncoderConfig | None = None) -> SmirkEncoder:

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 from smirk_edge.errors import InputError
 
 
-ENCODER_VARIANTS = ("full", "fast", "faster", "tiny", "tiny-shared")
+ENCODER_VARIANTS = ("full", "fast", "faster", "mesh", "tiny", "tiny-shared")
 """The encoder variants of :class:`smirk_edge.runtimes.torch_encoder.EncoderConfig` (named there)."""
 
 
@@ -111,7 +111,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Networks. ``encoder``: ``full`` (official), ``fast``/``faster`` (one shared backbone), or ``tiny``; ``generator``: ``official`` or
+    """Networks. ``encoder``: ``full`` (official), ``fast``/``faster``/``mesh`` (one shared backbone), or ``tiny``; ``generator``: ``official`` or
     ``tiny``; ``face_model``: a face-model ``.npz`` (default: the shipped stand-in); ``init_from``:
     a checkpoint in the official layout to start from (stage 2 starts from stage 1's);
     ``vgg_weights``: torchvision VGG16 weights for SMIRK's perceptual loss (default: the
