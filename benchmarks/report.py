@@ -503,15 +503,33 @@ def _memory_section(rows) -> str:
             lines.append([suite, label, r.get("peak_rss_mb"), _stat(cfg, "open"), _stat(cfg, "first_call"),
                           _stat(cfg, "total") if suite != "encoder" else None,
                           load[0] if isinstance(load, (list, tuple)) and load else None])
-    if not lines:
+    stream = [r for r in rows if r.get("suite") == "memory-stream"]
+    if not lines and not stream:
         return ""
-    return "\n".join(["## Memory and start-up",
-                      "Peak RSS of the configuration's own process (`VmHWM`), the time to open it (bundle check "
-                      "and engine start, or runner activation) and its first, cold call. `load` is the machine's "
-                      "1-minute load average when the process started (above the number of cores means other work "
-                      "competed for the CPU).", "",
-                      _table(["suite", "configuration", "peak RSS MB", "open ms", "first call ms", "steady p50 ms",
-                              "load"], lines)])
+    out = ["## Memory and start-up"]
+    if lines:
+        out += ["Peak RSS of the configuration's own process (`VmHWM`), the time to open it (bundle check "
+                "and engine start, or runner activation) and its first, cold call. `load` is the machine's "
+                "1-minute load average when the process started (above the number of cores means other work "
+                "competed for the CPU).", "",
+                _table(["suite", "configuration", "peak RSS MB", "open ms", "first call ms", "steady p50 ms",
+                        "load"], lines)]
+    if stream:
+        srows = []
+        for r in stream:
+            cpu = (r.get("machine") or {}).get("cpu") or {}
+            srows.append([r.get("engine"), r.get("bundle"), Path(str(r.get("source"))).name, r.get("canvas") or "-",
+                          r.get("threads"), r.get("frames"), r.get("rss_mb_before_reconstructor"),
+                          r.get("rss_mb_after_warmup"), r.get("rss_mb_end"), r.get("rss_growth_percent"),
+                          r.get("peak_rss_mb"), r.get("fps"), cpu.get("class")])
+        out += ["", "A long stream (`python -m smirk_edge.benchmarks.soak --video CLIP --canvas 1280x720`): "
+                "`Reconstructor().stream()` over a clip decoded one frame at a time and centred on a 720p "
+                "canvas, as a camera delivers it, so that no preloaded input counts. RSS in MiB: before the "
+                "Reconstructor is made (Python, numpy, OpenCV), after the warm-up frames, at the end, and the "
+                "process's peak (`VmHWM`).", "",
+                _table(["engine", "bundle", "source", "canvas", "threads", "frames", "RSS before", "after warm-up",
+                        "end", "growth %", "peak RSS MB", "frames/s", "CPU class"], srows)]
+    return "\n".join(out)
 
 
 def _full_stats_section(rows) -> str:

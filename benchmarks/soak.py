@@ -157,6 +157,7 @@ def main(argv=None) -> int:
 
     info = describe(probe=False)
     report = {
+        "suite": "memory-stream", "run_id": time.strftime("soak-%Y%m%dT%H%M%S", time.gmtime(time.time() - elapsed)),
         "frames": n_frames, "faces": faces, "bad_frames_injected": expected_bad,
         "bad_frames_reported": len(rec.errors), "rss_mb_before_reconstructor": round(rss_before, 1),
         "rss_mb_after_warmup": round(base, 1),

@@ -270,3 +270,15 @@ def test_report_renders_the_sdk_gpu_rows_with_their_targets():
     enc = md.split("### Encoder", 1)[1].split("\n#", 1)[0]
     assert "| NVIDIA H200 | cudagraph | fp16 |" in enc and "NVIDIA H100" not in enc
     assert "1 GPU row(s) of run g-old (NVIDIA H100) not shown" in md
+
+
+def test_report_renders_the_soak_memory_rows():
+    """The soak harness's rows (suite memory-stream) get their own table with the peak RSS."""
+    row = {"suite": "memory-stream", "run_id": "soak-1", "engine": "openvino:CPU fp32", "bundle": "default",
+           "source": "/data/videos/clip.mp4", "canvas": "1280x720", "threads": 1, "frames": 900,
+           "rss_mb_before_reconstructor": 63.7, "rss_mb_after_warmup": 213.5, "rss_mb_end": 215.2,
+           "rss_growth_percent": 0.81, "peak_rss_mb": 215.5, "fps": 15.7,
+           "machine": {"cpu": {"model": "x", "flags": ["avx2"], "class": "avx2"}}}
+    md = report.markdown([row], plots=None)
+    assert "A long stream" in md
+    assert "| openvino:CPU fp32 | default | clip.mp4 | 1280x720 | 1 | 900 | 63.70 | 214 | 215 | 0.81 | 216 | 15.70 | avx2 |" in md
