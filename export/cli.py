@@ -117,7 +117,8 @@ def selftest_add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``smirk-edge selftest``."""
     p.description = ("Run the bundle's golden crops through an engine and check its outputs against the "
                      "workstation's fp32 reference.")
-    p.add_argument("bundle", help="bundle folder, or 'default' for the embedded default model")
+    p.add_argument("bundle", help="bundle folder, 'default' for the embedded default model, or 'fast' for "
+                                  "the embedded fast variant")
     p.add_argument("--backend", default="auto", help="auto, onnxruntime, openvino or tensorrt (default auto)")
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "int8"],
                    help="only artifacts of this precision (default: all the engine opens)")
@@ -133,10 +134,10 @@ def selftest_run(args: argparse.Namespace) -> int:
 
     from .golden import selftest, selftest_table, selftest_verdict
 
-    if args.bundle == "default" and not Path(args.bundle).exists():  # the embedded default bundle
+    if args.bundle in ("default", "fast") and not Path(args.bundle).exists():  # an embedded bundle
         from smirk_edge.reconstructor import default_bundle_path
 
-        args.bundle = str(default_bundle_path())
+        args.bundle = str(default_bundle_path(None if args.bundle == "default" else args.bundle))
 
     rows = selftest(args.bundle, backend=args.backend, precision=args.precision, device=args.device,
                     artifact=args.artifact, out_dir=args.report_dir)

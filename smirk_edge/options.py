@@ -18,6 +18,7 @@ from .smoothing import OneEuroConfig, StreamSmoothing
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DETECTORS = ("auto", "short", "full", "both")
+VARIANTS = ("full", "fast", "faster", "mesh")  # encoder variants (runtimes.torch_encoder.EncoderConfig)
 REFINE = (True, False, "auto")
 DEFAULT_REFINE_THRESHOLD = 0.3
 """``refine="auto"`` encodes a face again when its predicted landmark box and the first crop's box
@@ -81,6 +82,11 @@ class ReconstructorOptions:
         redetect_every: in ``stream()``, run the detector every N frames even while tracking (>= 1).
         align_roll: a face rolled more than this many degrees in the image gets a crop rotated
             upright; None keeps every crop upright.
+        variant: the encoder variant: None (the bundle's own; the embedded default model is
+            ``"full"``), ``"full"`` (SMIRK's three backbones), ``"fast"`` (one shared backbone,
+            distilled), ``"faster"`` or ``"mesh"``. Without a bundle it picks the embedded model of
+            that variant (``"full"`` and ``"fast"`` are embedded); with a bundle it must be the
+            bundle's variant (a bundle holds one encoder variant).
     """
 
     backend: str = "auto"
@@ -96,6 +102,7 @@ class ReconstructorOptions:
     smoothing: StreamSmoothing | OneEuroConfig = field(default_factory=StreamSmoothing)
     redetect_every: int = 15
     align_roll: float | None = 15.0
+    variant: str | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
@@ -111,6 +118,8 @@ class ReconstructorOptions:
         if self.crop_scale is not None:
             set_("crop_scale", _real("crop_scale", self.crop_scale, 0.5, 4.0))
         choice("detector", self.detector, DETECTORS)
+        if self.variant is not None:
+            choice("variant", self.variant, VARIANTS)
         set_("score_threshold", _real("score_threshold", self.score_threshold, 0.0, 1.0, open_low=True))
         if self.score_threshold >= 1.0:
             raise OptionError(f"score_threshold must be below 1, got {self.score_threshold}")

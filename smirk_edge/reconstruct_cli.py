@@ -64,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "or stream URLs (rtsp://, http(s)://)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--bundle", default=None, help="model bundle folder (default: the embedded model)")
+    p.add_argument("--variant", default=None, choices=["full", "fast", "faster", "mesh"],
+                   help="encoder variant: without --bundle, the embedded model of that variant (full, the "
+                        "default, or fast); with --bundle, checked against the bundle's")
     p.add_argument("--backend", default="auto", help="auto, onnxruntime, openvino or tensorrt")
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "int8"], help="artifact precision")
     p.add_argument("--device", default=None, help="engine device, e.g. cpu, cuda, GPU, NPU")
@@ -326,7 +329,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"smirk-edge reconstruct: {name}: {why}", file=sys.stderr)
     out_dir = out.resolve()
     taken = {p.name for p in files if p.resolve().parent == out_dir}
-    rec = Reconstructor(args.bundle, backend=args.backend, precision=args.precision, device=args.device,
+    rec = Reconstructor(args.bundle, variant=args.variant, backend=args.backend, precision=args.precision,
+                        device=args.device,
                         max_faces=args.max_faces, threads=args.threads, **refine)
     stage_sums: dict[str, float] = {}
     n_images = n_faces = n_failed_files = 0

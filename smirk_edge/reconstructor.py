@@ -33,26 +33,49 @@ from .tracking import Tracker
 log = logging.getLogger(__name__)
 
 DEFAULT_BUNDLE_DIR = "default_bundle"
+# the embedded models, by encoder variant (Reconstructor(variant=...)); the default model is "full"
+EMBEDDED_BUNDLES = {"full": DEFAULT_BUNDLE_DIR, "fast": "fast_bundle"}
 
-__all__ = ["Reconstructor", "Stream", "default_bundle_path", "model_to_image_affine"]
-
-
-def default_bundle_path() -> Path:
-    """The embedded default bundle in ``smirk_edge/assets/default_bundle``."""
-    return Path(str(resources.files("smirk_edge.assets").joinpath(DEFAULT_BUNDLE_DIR)))
+__all__ = ["Reconstructor", "Stream", "bundle_variant", "default_bundle_path", "model_to_image_affine"]
 
 
-def _open_bundle(bundle: str | os.PathLike | Bundle | None) -> Bundle:
-    if isinstance(bundle, Bundle):
-        return bundle
+def default_bundle_path(variant: str | None = None) -> Path:
+    """The embedded bundle of an encoder ``variant`` (None: the default model,
+    ``smirk_edge/assets/default_bundle``; ``"fast"``: ``smirk_edge/assets/fast_bundle``)."""
+    name = EMBEDDED_BUNDLES.get(variant or "full")
+    if name is None:
+        from .errors import OptionError
+
+        raise OptionError(f"no embedded model of variant {variant!r} (embedded: {', '.join(EMBEDDED_BUNDLES)}); "
+                          "export one with 'smirk-edge export' and pass its bundle")
+    return Path(str(resources.files("smirk_edge.assets").joinpath(name)))
+
+
+def bundle_variant(bundle: Bundle) -> str:
+    """The encoder variant a bundle holds (its source checkpoint's ``encoder_variant``; ``"full"``
+    for bundles that do not record one, which predate the variants)."""
+    src = bundle.metadata.get("source_checkpoint")
+    v = src.get("encoder_variant") if isinstance(src, dict) else None
+    return str(v) if v else "full"
+
+
+def _open_bundle(bundle: str | os.PathLike | Bundle | None, variant: str | None = None) -> Bundle:
     if bundle is None:
-        path = default_bundle_path()
+        path = default_bundle_path(variant)
         if not (path / "manifest.json").is_file():
             raise BundleError(
-                f"the embedded default model is missing from this installation ({path} has no manifest.json): "
-                "reinstall smirk-edge, or pass a bundle made by 'smirk-edge export' (Reconstructor('my.bundle'))")
+                f"the embedded {variant or 'default'} model is missing from this installation ({path} has no "
+                "manifest.json): reinstall smirk-edge, or pass a bundle made by 'smirk-edge export' "
+                "(Reconstructor('my.bundle'))")
         return Bundle(path)
-    return Bundle(bundle)
+    opened = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
+    if variant is not None and bundle_variant(opened) != variant:
+        from .errors import OptionError
+
+        raise OptionError(f"variant={variant!r} was asked for, but bundle {opened.root} holds the "
+                          f"{bundle_variant(opened)!r} encoder (a bundle holds one variant); leave variant unset, "
+                          "or pass a bundle exported from a checkpoint of that variant")
+    return opened
 
 
 def model_to_image_affine(cam: np.ndarray, transform: CropTransform, size: int = CROP_SIZE) -> np.ndarray:
@@ -66,11 +89,11 @@ class Reconstructor:
 
     Args:
         bundle: a bundle folder (``smirk-edge export``), a :class:`Bundle`, or None for the embedded
-            default model.
+            default model (``variant="fast"``: the embedded fast variant).
         options: a :class:`~smirk_edge.options.ReconstructorOptions`; keyword arguments (the same
             names: ``backend``, ``precision``, ``device``, ``refine``, ``refine_threshold``, ``max_faces``, ``crop_scale``,
             ``detector``, ``score_threshold``, ``threads``, ``smoothing``, ``redetect_every``,
-            ``align_roll``) replace single fields of it. Every bad option raises
+            ``align_roll``, ``variant``) replace single fields of it. Every bad option raises
             :class:`~smirk_edge.errors.OptionError` here, before any engine starts.
 
     Concurrency: calls on one Reconstructor are serialised by an internal lock, so sharing one
@@ -90,7 +113,8 @@ class Reconstructor:
                 raise OptionError(f"options must be a ReconstructorOptions, got {type(options).__name__}")
         self.options = ReconstructorOptions.from_keywords(options, **keywords)
         opts = self.options
-        self.bundle = _open_bundle(bundle)
+        self.bundle = _open_bundle(bundle, opts.variant)
+        self.variant = bundle_variant(self.bundle)
         info = self.bundle.info
         self.timings: dict[str, float] = {}
         self.errors: list[tuple[int, Exception]] = []

@@ -20,3 +20,15 @@ def shared_data() -> Path:
     if root is None:
         pytest.skip("real photos not found: set SMIRK_EDGE_DATA or put shared/data beside the repository")
     return root
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    """The public-domain astronaut portrait shipped in smirk_edge/assets/examples (512 x 512 BGR)."""
+    import cv2
+
+    from smirk_edge.benchmarks.stress_sheet import example_photo
+
+    img = cv2.imread(str(example_photo()), cv2.IMREAD_COLOR)
+    assert img is not None and img.shape == (512, 512, 3)
+    return img

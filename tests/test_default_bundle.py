@@ -6,7 +6,6 @@ import importlib.util
 import json
 import re
 
-import cv2
 import numpy as np
 import pytest
 
@@ -20,15 +19,6 @@ TORCH_BYTES = 8 * 1000 * 1000  # encoder.torch.pt: the GPU path's encoder, also 
 @pytest.fixture(scope="module")
 def bundle() -> Bundle:
     return Bundle(default_bundle_path())
-
-
-@pytest.fixture(scope="module")
-def astronaut():
-    from smirk_edge.benchmarks.stress_sheet import example_photo
-
-    img = cv2.imread(str(example_photo()), cv2.IMREAD_COLOR)
-    assert img is not None and img.shape == (512, 512, 3)
-    return img
 
 
 def test_default_bundle_is_complete_intact_and_small(bundle):

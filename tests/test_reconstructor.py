@@ -47,9 +47,11 @@ def _real_crops(shared_data, n=12):
 def test_a_missing_default_bundle_is_a_clear_error(monkeypatch, tmp_path):
     import smirk_edge.reconstructor as r
 
-    monkeypatch.setattr(r, "default_bundle_path", lambda: tmp_path / "default_bundle")
+    monkeypatch.setattr(r, "default_bundle_path", lambda variant=None: tmp_path / f"{variant or 'default'}_bundle")
     with pytest.raises(BundleError, match="embedded default model is missing"):
         Reconstructor()
+    with pytest.raises(BundleError, match="embedded fast model is missing"):
+        Reconstructor(variant="fast")
 
 
 def test_engines_agree_on_real_crops(tiny, shared_data):

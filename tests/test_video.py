@@ -2,7 +2,6 @@
 sources (a real MJPEG stream on 127.0.0.1, files), per-frame JSON Lines and the video summary."""
 
 import json
-from importlib import resources
 
 import cv2
 import numpy as np
@@ -15,12 +14,6 @@ from smirk_edge.tracking import box_iou
 from smirk_edge.video_out import JsonlWriter, reconstruct_video, write_json_atomic
 
 pytest.importorskip("onnxruntime", reason="needs onnxruntime")
-
-
-@pytest.fixture(scope="module")
-def astronaut():
-    path = resources.files("smirk_edge.assets").joinpath("examples/astronaut.jpg")
-    return cv2.imread(str(path))
 
 
 @pytest.fixture(scope="module")

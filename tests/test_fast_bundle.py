@@ -1,0 +1,99 @@
+"""The embedded fast variant (``Reconstructor(variant="fast")``): what ships, that it is intact, that it
+reconstructs a real photo like the default model, and how ``variant=`` is checked."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from smirk_edge.bundle import Bundle
+from smirk_edge.errors import OptionError
+from smirk_edge.options import ReconstructorOptions
+from smirk_edge.reconstructor import bundle_variant, default_bundle_path
+
+MAX_BYTES = 16 * 1000 * 1000  # without its torch artifact (15.4 MB: about half the default bundle)
+TORCH_BYTES = 4 * 1000 * 1000
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Bundle:
+    return Bundle(default_bundle_path("fast"))
+
+
+def test_fast_bundle_is_complete_intact_small_and_gated(bundle):
+    bundle.verify_all()
+    root = default_bundle_path("fast")
+    total = sum(p.stat().st_size for p in root.iterdir() if p.is_file() and p.name != "encoder.torch.pt")
+    assert total < MAX_BYTES, f"fast bundle is {total / 1e6:.1f} MB without its torch artifact"
+    assert (root / "encoder.torch.pt").stat().st_size < TORCH_BYTES
+    assert bundle_variant(bundle) == "fast" and bundle_variant(Bundle(default_bundle_path())) == "full"
+    have = {(a.kind, a.role, a.precision) for a in bundle.artifacts}
+    for need in [("onnx", "encoder", "fp32"), ("onnx", "fused", "int8"), ("torch-checkpoint", "encoder", "fp32"),
+                 ("golden", "golden", None), ("model-card", "model_card", None)]:
+        assert need in have, need
+    for a in bundle.artifacts:
+        acc = a.attrs.get("accuracy")
+        if acc is not None:
+            assert acc["passed"] and not a.attrs.get("degraded") and acc["crops"] >= 200, (a.name, acc)
+    card = (root / "MODEL_CARD.md").read_text()
+    for needle in ("non-commercial research only", "## Evaluation", "## Known failure cases", "# Export",
+                   "smirk-edge-default-v4"):
+        assert needle in card, needle
+
+
+def test_variant_fast_reconstructs_the_astronaut_as_the_default_model_does(astronaut):
+    pytest.importorskip("onnxruntime")
+    from smirk_edge import Reconstructor
+
+    fast = Reconstructor(variant="fast", backend="onnxruntime", refine=False)
+    assert fast.variant == "fast" and fast.bundle.root == default_bundle_path("fast")
+    full = Reconstructor(backend="onnxruntime", refine=False)
+    assert full.variant == "full"
+    a, b = fast(astronaut), full(astronaut)
+    assert len(a) == 1 and len(b) == 1
+    lm = a[0].landmarks68
+    x0, y0 = lm.min(0)
+    x1, y1 = lm.max(0)
+    assert 140 < x0 < 200 and 260 < x1 < 320 and 20 < y0 < 90 and 160 < y1 < 215, (x0, y0, x1, y1)
+    d = np.linalg.norm(lm - b[0].landmarks68, axis=1)
+    # two models, both accurate: within a few pixels of each other on a face ~130 px wide
+    assert d.mean() < 4.0, d.mean()
+
+
+def test_every_engine_passes_the_golden_check_of_the_fast_bundle():
+    from smirk_edge.export.golden import selftest, selftest_verdict
+
+    ran = 0
+    for engine in ("onnxruntime", "openvino"):
+        if importlib.util.find_spec(engine) is None:
+            continue
+        rows = selftest(default_bundle_path("fast"), backend=engine)
+        assert rows and selftest_verdict(rows), [(r.name, r.failures) for r in rows]
+        ran += 1
+    if not ran:
+        pytest.skip("neither ONNX Runtime nor OpenVINO is installed")
+
+
+def test_variant_must_match_a_given_bundle(tmp_path):
+    from smirk_edge import Reconstructor
+
+    with pytest.raises(OptionError, match=r"variant='fast' was asked for, but bundle .* holds the 'full' encoder"):
+        Reconstructor(default_bundle_path(), variant="fast")
+    with pytest.raises(OptionError, match="no embedded model of variant 'mesh'"):
+        Reconstructor(variant="mesh")
+    with pytest.raises(OptionError, match="variant"):
+        ReconstructorOptions(variant="huge")
+
+
+def test_selftest_cli_takes_the_embedded_fast_bundle():
+    pytest.importorskip("onnxruntime")
+    out = subprocess.run([sys.executable, "-m", "smirk_edge", "selftest", "fast", "--backend", "onnxruntime",
+                          "--json"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout[out.stdout.index("["):out.stdout.rindex("]") + 1])
+    assert rows and all(r["passed"] for r in rows if r.get("applies", True))
