@@ -521,14 +521,16 @@ def _memory_section(rows) -> str:
             srows.append([r.get("engine"), r.get("bundle"), Path(str(r.get("source"))).name, r.get("canvas") or "-",
                           r.get("threads"), r.get("frames"), r.get("rss_mb_before_reconstructor"),
                           r.get("rss_mb_after_warmup"), r.get("rss_mb_end"), r.get("rss_growth_percent"),
-                          r.get("peak_rss_mb"), r.get("fps"), cpu.get("class")])
+                          r.get("peak_rss_mb"), r.get("fps"), cpu.get("class"),
+                          (r.get("loadavg_start") or [None])[0]])
         out += ["", "A long stream (`python -m smirk_edge.benchmarks.soak --video CLIP --canvas 1280x720`): "
                 "`Reconstructor().stream()` over a clip decoded one frame at a time and centred on a 720p "
                 "canvas, as a camera delivers it, so that no preloaded input counts. RSS in MiB: before the "
                 "Reconstructor is made (Python, numpy, OpenCV), after the warm-up frames, at the end, and the "
-                "process's peak (`VmHWM`).", "",
+                "process's peak (`VmHWM`). frames/s depends on the machine's load when the run started "
+                "(`load`, the 1-minute average; 2 cores here): compare memory, not speed, between rows.", "",
                 _table(["engine", "bundle", "source", "canvas", "threads", "frames", "RSS before", "after warm-up",
-                        "end", "growth %", "peak RSS MB", "frames/s", "CPU class"], srows)]
+                        "end", "growth %", "peak RSS MB", "frames/s", "CPU class", "load"], srows)]
     return "\n".join(out)
 
 

@@ -281,4 +281,4 @@ def test_report_renders_the_soak_memory_rows():
            "machine": {"cpu": {"model": "x", "flags": ["avx2"], "class": "avx2"}}}
     md = report.markdown([row], plots=None)
     assert "A long stream" in md
-    assert "| openvino:CPU fp32 | default | clip.mp4 | 1280x720 | 1 | 900 | 63.70 | 214 | 215 | 0.81 | 216 | 15.70 | avx2 |" in md
+    assert "| openvino:CPU fp32 | default | clip.mp4 | 1280x720 | 1 | 900 | 63.70 | 214 | 215 | 0.81 | 216 | 15.70 | avx2 | - |" in md
