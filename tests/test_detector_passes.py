@@ -1,4 +1,4 @@
-"""``detector="auto"``: one network pass on webcam-like frames, from one resize of the frame."""
+"""``detector="auto"``: one network pass on webcam-like frames, from one small resize of the frame."""
 
 from __future__ import annotations
 
@@ -57,18 +57,41 @@ def test_both_runs_both_and_single_variants_one():
         assert runners[v].calls == 1 and runners["full" if v == "short" else "short"].calls == 0
 
 
-def test_the_frame_is_resized_once(monkeypatch):
+def _frame_resizes(monkeypatch):
+    """The output sizes of every cv2.resize of the whole frame during the test."""
     calls = []
     real = D.cv2.resize
 
-    def counting(img, *a, **k):
-        calls.append(img.shape[:2])
-        return real(img, *a, **k)
+    def counting(img, size, *a, **k):
+        if img.shape[:2] == FRAME.shape[:2]:
+            calls.append(tuple(size))
+        return real(img, size, *a, **k)
 
     monkeypatch.setattr(D.cv2, "resize", counting)
-    det, _ = _detector("auto", None)  # both models run
+    return calls
+
+
+def test_auto_resizes_the_frame_once_to_the_short_range_input(monkeypatch):
+    """The common case (short range finds a large face) pays one small resize of the frame: to
+    128 x 72, not to the full-range model's 192 x 108 (about 3x the work on a 720p frame)."""
+    calls = _frame_resizes(monkeypatch)
+    det, runners = _detector("auto", 0.5)
     det.detect(FRAME)
-    assert sum(1 for shape in calls if shape == FRAME.shape[:2]) == 1
+    assert calls == [(128, 72)] and runners["full"].calls == 0
+
+
+def test_auto_makes_the_full_range_canvas_only_when_that_model_runs(monkeypatch):
+    calls = _frame_resizes(monkeypatch)
+    det, _ = _detector("auto", None)  # no face at short range: both models run
+    det.detect(FRAME)
+    assert calls == [(128, 72), (192, 108)]
+
+
+def test_both_resizes_the_frame_once(monkeypatch):
+    calls = _frame_resizes(monkeypatch)
+    det, _ = _detector("both", 0.5)
+    det.detect(FRAME)
+    assert calls == [(192, 108)]  # the short-range canvas is shrunk from it
 
 
 def test_shrunk_canvas_maps_like_a_direct_letterbox():

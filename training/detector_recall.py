@@ -219,6 +219,13 @@ def timing(photos: Path, runs: int = 100) -> list[dict]:
     return rows
 
 
+def _cpu() -> dict:
+    """CPU model, flags and class (smirk_edge.system.describe), so that each row names its machine."""
+    from smirk_edge.system import describe
+
+    return describe(probe=False)["cpu"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="BlazeFace recall on ../shared/data/photos")
     ap.add_argument("--data", default=str(default_data_dir()), help="shared data folder")
@@ -253,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     env = {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-           "opencv": cv2.__version__, "numpy": np.__version__, "cpu": platform.processor(),
+           "opencv": cv2.__version__, "numpy": np.__version__, "cpu": _cpu(),
            "criterion": args.criterion, "iou": args.iou, "min_size": args.min_size,
            "score_threshold": args.score_threshold}
     for r in rows:
