@@ -97,3 +97,19 @@ def test_selftest_cli_takes_the_embedded_fast_bundle():
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads(out.stdout[out.stdout.index("["):out.stdout.rindex("]") + 1])
     assert rows and all(r["passed"] for r in rows if r.get("applies", True))
+
+
+def test_variant_fast_on_the_torch_backend_matches_onnx_runtime(astronaut):
+    """The shared-backbone layout through the torch stages (one branch instead of three; on the CPU
+    here, CUDA on the GPU machine) gives ONNX Runtime's landmarks within the fp16 weights' rounding."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    from smirk_edge import Reconstructor
+
+    a = Reconstructor(variant="fast", backend="torch", refine=False, threads=1)
+    b = Reconstructor(variant="fast", backend="onnxruntime", refine=False, threads=1)
+    assert a.engine.startswith("torch") and a.variant == "fast"
+    fa, fb = a(astronaut), b(astronaut)
+    assert len(fa) == len(fb) == 1
+    d = np.linalg.norm(fa[0].landmarks68 - fb[0].landmarks68, axis=1)
+    assert d.max() < 0.25, d.max()  # encoder.torch.pt stores fp16 weights (gate: 0.018 px mean on crops)
