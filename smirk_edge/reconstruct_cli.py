@@ -385,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(s, h)
     means = {k: round(v / n_images, 3) for k, v in stage_sums.items()} if n_images else {}
     summary = {"inputs": len(files) + len(live), "faces": n_faces, "results": results, "failed": failures,
-               "mean_ms": means, "engine": engine}
+               "mean_ms": means, "engine": engine, "model": rec.model}
     if interrupted is not None:
         summary["interrupted"] = signal.Signals(interrupted).name
         summary["not_run"] = [display_path(p) for p in files[done:]]

@@ -224,6 +224,15 @@ class Reconstructor:
 
     # ------------------------------------------------------------------ options, read-only views
     @property
+    def model(self) -> dict:
+        """Which model produces the results, for records that must name it: the bundle folder, its
+        encoder variant, the source checkpoint's sha256 and the encoder artifact that runs."""
+        src = self.bundle.metadata.get("source_checkpoint")
+        return {"bundle": str(self.bundle.root), "variant": self.variant,
+                "checkpoint_sha256": src.get("sha256") if isinstance(src, dict) else None,
+                "artifact": self.artifact.name}
+
+    @property
     def crop_scale(self) -> float:
         """The crop scale in use (the option, else the bundle's ``crop_policy.scale``)."""
         return self.stages.policy.scale

@@ -182,7 +182,7 @@ def reconstruct_video(rec, source, out: str | os.PathLike, stem: str, overlay: b
                    "overlay_codec": video.codec if video is not None else None,
                    "mean_ms": {k: round(v / n_frames, 3) for k, v in stage_sums.items()} if n_frames else {},
                    "tracker": dict(stream.tracker.counts), "elapsed_s": round(time.perf_counter() - t0, 3),
-                   "engine": rec.engine}
+                   "engine": rec.engine, "model": rec.model}
         write_json_atomic(out / f"{stem}.json", summary)
     if interrupted:
         raise KeyboardInterrupt

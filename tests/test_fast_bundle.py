@@ -54,6 +54,10 @@ def test_variant_fast_reconstructs_the_astronaut_as_the_default_model_does(astro
     assert fast.variant == "fast" and fast.bundle.root == default_bundle_path("fast")
     full = Reconstructor(backend="onnxruntime", refine=False)
     assert full.variant == "full"
+    # what records name (the summaries of smirk-edge reconstruct): two different checkpoints
+    assert fast.model["variant"] == "fast" and full.model["variant"] == "full"
+    shas = {fast.model["checkpoint_sha256"], full.model["checkpoint_sha256"]}
+    assert len(shas) == 2 and all(len(h) == 64 for h in shas)
     a, b = fast(astronaut), full(astronaut)
     assert len(a) == 1 and len(b) == 1
     lm = a[0].landmarks68

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -37,6 +38,10 @@ def test_photos_with_a_corrupt_file(bundle, shared_data, tmp_path, capsys):
     assert "3/4 inputs done" in captured.out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["inputs"] == 4 and len(summary["failed"]) == 1 and summary["faces"] > 0
+    # the record names the model that made the results: bundle, variant, checkpoint, artifact
+    model = summary["model"]
+    assert Path(model["bundle"]) == Path(bundle) and model["artifact"].startswith("encoder")
+    assert set(model) == {"bundle", "variant", "checkpoint_sha256", "artifact"}
     for p in photos:
         doc = json.loads((out / f"{p.stem}.json").read_text())
         overlay = cv2.imread(str(out / f"{p.stem}.overlay.jpg"))
