@@ -270,6 +270,7 @@ def group_sdk(cfg: dict) -> list[dict]:
 
     with Reconstructor(cfg.get("bundle"), backend="torch", device=device, precision=precision) as rec:
         base["engine_detail"] = rec.engine
+        base["model"] = {**rec.model, "bundle": cfg.get("bundle") or "default"}
         # image: detect + reconstruct, one public call per frame
         timings: list[dict] = []
 
@@ -323,6 +324,18 @@ def group_sdk(cfg: dict) -> list[dict]:
                                     "config": f"sdk-gpu/batch/{n}/encode+decode+project",
                                     "input": f"{n} photos"}, core))
             stage_rows("batch", n, bt, n)
+
+            def batch_mesh_call(imgs=imgs):  # the same call, every face's image-frame mesh read too
+                out = rec.batch(imgs)
+                for r in out:
+                    for f in r:
+                        _ = f.vertices_image
+                return out
+
+            samples, out = timed(batch_mesh_call)
+            rows.append(_stats_row({**base, "mode": "batch", "batch": n, "stage": "total+vertices", "faces": faces,
+                                    "config": f"sdk-gpu/batch/{n}/total+vertices",
+                                    "input": f"{n} photos {photo.shape[1]}x{photo.shape[0]}"}, samples))
         del torch
     return rows
 

@@ -21,7 +21,7 @@ import os
 import sys
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 from .stats import NESTED_FIELDS, ROW_FIELDS, STAGES, STAT_KEYS
 
@@ -564,21 +564,30 @@ def _target_mark(mode: str, cfg: dict) -> tuple[str, float | None, str]:
     return text, v, "yes" if met else "no"
 
 
+def _bundle_name(bundle: Any) -> str:
+    """A short name of a benchmarked bundle: ``default``, or its folder name."""
+    if not bundle or bundle == "default":
+        return "default"
+    return Path(str(bundle)).name or str(bundle)
+
+
 def _sdk_gpu_section(g: Sequence[dict]) -> str:
     """The SDK end to end on the GPU: one line per (run, mode, precision, batch) of the ``sdk-gpu`` rows."""
     cfgs: OrderedDict = OrderedDict()
     for r in g:
         if r.get("suite") == "sdk-gpu":
-            cfgs.setdefault((r.get("run_id"), r.get("mode"), r.get("precision"), r.get("batch")), {})[r.get("stage")] = r
+            model = (r.get("model") or {}).get("variant") or _bundle_name((r.get("model") or {}).get("bundle"))
+            cfgs.setdefault((r.get("run_id"), model, r.get("mode"), r.get("precision"), r.get("batch")),
+                            {})[r.get("stage")] = r
     if not cfgs:
         return ""
     seen = [s for c in cfgs.values() for s in c if s != "total"]
     stages = [s for s in STAGES if s in seen] + list(OrderedDict.fromkeys(s for s in seen if s not in STAGES))
     lines = []
-    for (run, mode, precision, batch), cfg in cfgs.items():
+    for (run, model, mode, precision, batch), cfg in cfgs.items():
         any_row = cfg.get("total") or next(iter(cfg.values()))
         target, measured, met = _target_mark(mode, cfg)
-        lines.append([_gpu_name(any_row), run, mode, any_row.get("input", "-"), precision, batch, _stat(cfg, "total"),
+        lines.append([_gpu_name(any_row), run, model, mode, any_row.get("input", "-"), precision, batch, _stat(cfg, "total"),
                       _stat(cfg, "total", "items_per_s"), *[_stat(cfg, s) for s in stages], target, measured, met])
     return "\n".join([
         "### SDK end to end (`Reconstructor(backend=\"torch\", device=\"cuda\")`)",
@@ -589,7 +598,7 @@ def _sdk_gpu_section(g: Sequence[dict]) -> str:
         "total. `items/s` is items x 1000 / total p50 (frames, or faces for `batch`). Targets are those of the "
         "issue \"The SDK on NVIDIA GPUs\" (`batch`: faces/s of encoder + decode + projection); `measured` is the "
         "value the target reads.", "",
-        _table(["GPU", "run", "mode", "input", "precision", "batch", "total p50 ms", "items/s", *stages, "target",
+        _table(["GPU", "run", "model", "mode", "input", "precision", "batch", "total p50 ms", "items/s", *stages, "target",
                 "measured", "met"], lines)])
 
 

@@ -17,7 +17,10 @@ What runs where, per frame (``Reconstructor(backend="torch", device="cuda")``):
    graph per batch size on CUDA).
 4. *decode* and *project*: the face model (:class:`~smirk_edge.runtimes.torch_face_model.FaceModelLayer`)
    and the model-to-image affines in torch, captured as one CUDA graph per batch size on CUDA;
-   everything the :class:`~smirk_edge.results.Face` records hold comes back in one packed copy.
+   the landmarks (image and model frame) come back in one packed copy. The vertices (model frame
+   and image, ``2 x V x 3`` floats a face: 95 % of the bytes) come back only when a face's
+   ``vertices`` / ``vertices_image`` is first read: the graph is replayed then from the frame's
+   parameters, kept on the host, so no device memory is held for results that are never read.
 
 The parameters come back to the host between *encode* and *decode* (a few hundred floats per
 face), since video smoothing and the refine pass work on them there. Results equal the numpy
@@ -26,6 +29,7 @@ stages' within float rounding at fp32 (tests hold landmarks to 0.05 px on real p
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,12 +39,11 @@ import torch
 import torch.nn.functional as F
 
 from ..crop import CropTransform
-from ..face_model.model import FaceGeometry
-from ..pipeline import CropPolicy, Crops, Projected, Rolls, Stages, StageTimer, crop_transforms, image_affines
+from ..pipeline import CropPolicy, Crops, FrameView, Rolls, Stages, StageTimer, crop_transforms, image_affines
 from .torch_face_model import FaceModelLayer
 from .torch_runner import TorchRunner
 
-__all__ = ["TorchStages", "FrameUpload", "crop_thetas", "source_region"]
+__all__ = ["TorchStages", "DeviceFrame", "FrameUpload", "crop_thetas", "source_region"]
 
 
 def _inverse_matrices(matrices: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
@@ -178,6 +181,8 @@ class TorchStages(Stages):
         self._decode = _Graphed(self._decode_project, self.cuda)
         self._host: torch.Tensor | None = None
         self._names = list(self.widths)
+        self._decode_lock = threading.Lock()
+        self.decode_runs = [0, 0]  # replays of the decode graph for landmarks, for vertices
 
     # ------------------------------------------------------------------ crop and encode
     def crop_frame(self, image: np.ndarray, boxes: np.ndarray, rolls: Rolls, timer: StageTimer,
@@ -253,10 +258,10 @@ class TorchStages(Stages):
         return Crops(transforms, batch)
 
     # ------------------------------------------------------------------ decode and project
-    def _decode_project(self, params: torch.Tensor, affines: torch.Tensor) -> torch.Tensor:
-        """Packed parameters ``(B, P)`` and affines ``(B, 2, 3)`` -> one packed ``(B, K)`` result:
-        model-frame vertices, image vertices (x, y, depth), image 68 and 105 points, model-frame
-        68 and 105 points."""
+    def _decode_project(self, params: torch.Tensor, affines: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed parameters ``(B, P)`` and affines ``(B, 2, 3)`` -> ``(landmarks, vertices)``:
+        ``(B, L)`` image 68 and 105 points, model-frame 68 and 105 points; ``(B, 6V)`` model-frame
+        vertices and image vertices (x, y, depth)."""
         p, at = {}, 0
         for k in self._names:
             p[k] = params[:, at:at + self.widths[k]]
@@ -271,30 +276,34 @@ class TorchStages(Stages):
         v = g["vertices"]
         vi = torch.cat([to_image(v), -k * v[..., 2:3]], dim=-1)
         B = params.shape[0]
-        parts = [v, vi, to_image(g["landmarks68"]), to_image(g["landmarks105"]), g["landmarks68"],
-                 g["landmarks105"]]
-        return torch.cat([t.reshape(B, -1) for t in parts], dim=1)
+        marks = [to_image(g["landmarks68"]), to_image(g["landmarks105"]), g["landmarks68"], g["landmarks105"]]
+        return (torch.cat([t.reshape(B, -1) for t in marks], dim=1),
+                torch.cat([v.reshape(B, -1), vi.reshape(B, -1)], dim=1))
+
+    def run_decode(self, packed: np.ndarray, affines: np.ndarray, part: int) -> np.ndarray:
+        """One replay of the decode graph on host ``packed`` parameters ``(B, P)`` and ``affines``
+        ``(B, 2, 3)``; ``part`` 0 brings the landmarks back, 1 the vertices (one copy). Serialised:
+        the graph's buffers and the pinned download buffer are shared, and faces read their
+        vertices from any thread."""
+        with self._decode_lock:
+            out = self._decode(torch.from_numpy(np.ascontiguousarray(packed, np.float32)).to(self.device, non_blocking=True),
+                               torch.from_numpy(np.asarray(affines, np.float32)).to(self.device, non_blocking=True))
+            self.decode_runs[part] += 1
+            return self._download(out[part])  # copied out before the next replay can overwrite the graph's buffer
 
     def decode_project(self, params: Mapping[str, np.ndarray], crops: Crops, timer: StageTimer,
-                       affines: np.ndarray | None = None, geometry: FaceGeometry | None = None
-                       ) -> tuple[FaceGeometry, Projected]:
-        """Stages *decode* and *project* on the device, one packed copy back (``geometry`` is
-        recomputed there: the device does it faster than the host copies it)."""
+                       affines: np.ndarray | None = None, geometry: Any = None) -> tuple[FrameView, FrameView]:
+        """Stages *decode* and *project* on the device: the landmarks come back now, the vertices
+        when first read (:class:`DeviceFrame`; ``geometry`` is recomputed there: the device does it
+        faster than the host copies it)."""
         B = len(crops)
         with timer("project"):
             if affines is None:
                 affines = image_affines(params["cam"], [t.matrix for t in crops.transforms], self.policy.size)
         with timer("decode"):
             packed = np.concatenate([np.asarray(params[k], np.float32).reshape(B, -1) for k in self._names], 1)
-            out = self._decode(torch.from_numpy(packed).to(self.device, non_blocking=True),
-                               torch.from_numpy(np.asarray(affines, np.float32)).to(self.device, non_blocking=True))
-            host = self._download(out)  # copied out before the next replay can overwrite the graph's buffer
-        V = self.face_model.n_vertices
-        cuts = np.cumsum([0, V * 3, V * 3, 68 * 2, 105 * 2, 68 * 3, 105 * 3])
-        v, vi, l68, l105, m68, m105 = (host[:, a:b] for a, b in zip(cuts[:-1], cuts[1:]))
-        geometry = FaceGeometry(v.reshape(B, V, 3), m68.reshape(B, 68, 3), m105.reshape(B, 105, 3))
-        return geometry, Projected(np.asarray(affines, np.float64), vi.reshape(B, V, 3), l68.reshape(B, 68, 2),
-                                   l105.reshape(B, 105, 2))
+            frame = DeviceFrame(self, packed, np.asarray(affines, np.float64), self.run_decode(packed, affines, 0))
+        return frame.model_frame, frame.image_frame
 
     def _download(self, out: torch.Tensor) -> np.ndarray:
         """One device -> host copy of a packed result (through a reused pinned buffer on CUDA)."""
@@ -308,3 +317,46 @@ class TorchStages(Stages):
         torch.cuda.current_stream(self.device).synchronize()
         return dst.numpy().copy()
 
+
+
+class _DeviceView(FrameView):
+    """:class:`~smirk_edge.pipeline.FrameView` of a :class:`DeviceFrame`."""
+
+    def part(self, name: str) -> np.ndarray:
+        return self.frame.part(name, self.image)
+
+
+class DeviceFrame:
+    """One batch's decode and projection by :class:`TorchStages`: the landmarks (image and model
+    frame) on the host, the vertices brought back on their first read, by one more replay of the
+    decode graph from the batch's parameters (kept here, on the host). :attr:`model_frame` and
+    :attr:`image_frame` read like those of :class:`~smirk_edge.pipeline.FrameGeometry`. Thread-safe."""
+
+    def __init__(self, stages: TorchStages, packed: np.ndarray, affines: np.ndarray, landmarks: np.ndarray):
+        self.stages, self.packed, self.affines = stages, np.array(packed, np.float32, copy=True), affines
+        B = len(packed)
+        cuts = np.cumsum([0, 68 * 2, 105 * 2, 68 * 3, 105 * 3])
+        l68, l105, m68, m105 = (landmarks[:, a:b] for a, b in zip(cuts[:-1], cuts[1:]))
+        self._parts = {(True, "landmarks68"): l68.reshape(B, 68, 2), (True, "landmarks105"): l105.reshape(B, 105, 2),
+                       (False, "landmarks68"): m68.reshape(B, 68, 3), (False, "landmarks105"): m105.reshape(B, 105, 3)}
+        self._lock = threading.Lock()
+        self.model_frame = _DeviceView(self, image=False)  # type: ignore[arg-type]
+        self.image_frame = _DeviceView(self, image=True)  # type: ignore[arg-type]
+
+    @property
+    def decoded(self) -> bool:
+        """True once the vertices are on the host."""
+        return (False, "vertices") in self._parts
+
+    def part(self, name: str, image: bool) -> np.ndarray:
+        """``vertices`` ``(B, V, 3)``, ``landmarks68`` or ``landmarks105`` in the model frame
+        (metres) or the image (pixels; vertices with depth)."""
+        with self._lock:
+            if (image, name) not in self._parts:
+                if name != "vertices":
+                    raise KeyError(name)
+                host = self.stages.run_decode(self.packed, self.affines, 1)
+                B, V = len(self.packed), self.stages.face_model.n_vertices
+                self._parts[(False, "vertices")] = host[:, :V * 3].reshape(B, V, 3)
+                self._parts[(True, "vertices")] = host[:, V * 3:].reshape(B, V, 3)
+            return self._parts[(image, name)]

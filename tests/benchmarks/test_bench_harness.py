@@ -245,12 +245,13 @@ def test_report_renders_the_sdk_gpu_rows_with_their_targets():
     rows += [old_encoder, new_encoder]
     md = report.markdown(rows, plots=None)
     assert "### SDK end to end" in md
-    header = next(line for line in md.splitlines() if line.startswith("| GPU | run | mode |"))
+    header = next(line for line in md.splitlines() if line.startswith("| GPU | run | model | mode |"))
     cols = [c.strip() for c in header.strip("|").split("|")]
     assert cols[cols.index("items/s") + 1:] == ["detect", "check", "crop", "encode", "smooth",
                                                 "encode+decode+project", "target", "measured", "met"]
-    lines = {(c[1], c[2]): c for line in md.splitlines() if line.startswith("| NVIDIA")
-             for c in [[x.strip() for x in line.strip("|").split("|")]] if c[2] in ("image", "video", "batch")}
+    lines = {(c[1], c[3]): c for line in md.splitlines() if line.startswith("| NVIDIA")
+             for c in [[x.strip() for x in line.strip("|").split("|")]] if c[3] in ("image", "video", "batch")}
+    assert {c[2] for c in lines.values()} == {"default"}  # rows without a model are the default bundle's
     # the sdk-gpu lines of both runs are shown (only the microbenchmark rows keep the newest run)
     assert {k[0] for k in lines} == {"g-old", "g-new"}
     image, video, batch = lines[("g-new", "image")], lines[("g-new", "video")], lines[("g-new", "batch")]
@@ -264,8 +265,13 @@ def test_report_renders_the_sdk_gpu_rows_with_their_targets():
     slow = [{**r, "items_per_s": 10_000.0} if r.get("stage") == "encode+decode+project" else r
             for r in _sdk_gpu_rows("g3", "2026-03-01T00:00:00")]
     slow_md = report.markdown(slow, plots=None)
-    assert any(line.startswith("| NVIDIA H200 | g3 | batch |") and line.rstrip().endswith("| 10,000 | no |")
+    assert any(line.startswith("| NVIDIA H200 | g3 | default | batch |") and line.rstrip().endswith("| 10,000 | no |")
                for line in slow_md.splitlines())
+    # two models in one run are two lines, named by their encoder variant
+    fast = [{**r, "model": {"bundle": "/x/fast_bundle", "variant": "fast"}} for r in _sdk_gpu_rows("g3", "2026-03-01")]
+    two = report.markdown(slow + fast, plots=None)
+    assert sum(line.startswith("| NVIDIA H200 | g3 | fast | batch |") for line in two.splitlines()) == 1
+    assert sum(line.startswith("| NVIDIA H200 | g3 | default | batch |") for line in two.splitlines()) == 1
     # encoder microbenchmarks of one configuration from two runs: the newest run's row only, and a note says so
     enc = md.split("### Encoder", 1)[1].split("\n#", 1)[0]
     assert "| NVIDIA H200 | cudagraph | fp16 |" in enc and "NVIDIA H100" not in enc

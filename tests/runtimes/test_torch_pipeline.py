@@ -120,6 +120,32 @@ def test_torch_stages_equal_the_numpy_stages(tiny):
         assert {"detect", "crop", "encode", "decode", "project"} <= set(b.timings)
 
 
+def test_vertices_come_back_from_the_device_only_when_read(tiny):
+    """The torch stages bring landmarks back with every call and the vertices on their first read
+    (one more decode replay, from the frame's own parameters: a later frame does not change them)."""
+    from smirk_edge import Reconstructor
+
+    img = _photo()
+    with Reconstructor(tiny.root, backend="torch", device="cpu", refine=False) as rec:
+        first = rec(img)
+        runs = rec.stages.decode_runs
+        assert runs == [1, 0]
+        lm = first[0].landmarks68.copy()
+        second = rec(cv2.flip(img, 1))  # another frame replays the same graph before `first` reads its vertices
+        assert runs == [2, 0]
+        v, vi = first[0].vertices, first[0].vertices_image
+        assert runs == [2, 1]  # one replay brings back both the model-frame and the image vertices
+        _ = first[0].vertices, second[0].landmarks105
+        assert runs == [2, 1]
+        model = rec.face_model
+    p = first[0].params
+    ref = model.decode(shape=p.shape[None], expression=p.expression[None], pose=p.pose[None], jaw=p.jaw[None],
+                       eyelid=p.eyelid[None])
+    np.testing.assert_allclose(v, ref.vertices[0], atol=1e-5)
+    assert vi.shape == v.shape and np.isfinite(vi).all()
+    np.testing.assert_allclose(first[0].landmarks68, lm)
+
+
 def test_batch_is_one_call_per_image_in_one_encoder_batch(tiny):
     from smirk_edge import Reconstructor
 
