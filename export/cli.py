@@ -117,8 +117,8 @@ def selftest_add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``smirk-edge selftest``."""
     p.description = ("Run the bundle's golden crops through an engine and check its outputs against the "
                      "workstation's fp32 reference.")
-    p.add_argument("bundle", help="bundle folder, 'default' for the embedded default model, or 'fast' for "
-                                  "the embedded fast variant")
+    p.add_argument("bundle", help="bundle folder, 'default' for the embedded default model, or 'fast' / 'full' "
+                                  "for the embedded model of that encoder variant")
     p.add_argument("--backend", default="auto", help="auto, onnxruntime, openvino or tensorrt (default auto)")
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "int8"],
                    help="only artifacts of this precision (default: all the engine opens)")
@@ -134,7 +134,7 @@ def selftest_run(args: argparse.Namespace) -> int:
 
     from .golden import selftest, selftest_table, selftest_verdict
 
-    if args.bundle in ("default", "fast") and not Path(args.bundle).exists():  # an embedded bundle
+    if args.bundle in ("default", "fast", "full") and not Path(args.bundle).exists():  # an embedded bundle
         from smirk_edge.reconstructor import default_bundle_path
 
         args.bundle = str(default_bundle_path(None if args.bundle == "default" else args.bundle))

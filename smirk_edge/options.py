@@ -83,9 +83,9 @@ class ReconstructorOptions:
         align_roll: a face rolled more than this many degrees in the image gets a crop rotated
             upright; None keeps every crop upright.
         variant: the encoder variant: None (the bundle's own; the embedded default model is
-            ``"full"``), ``"full"`` (SMIRK's three backbones), ``"fast"`` (one shared backbone,
-            distilled), ``"faster"`` or ``"mesh"``. Without a bundle it picks the embedded model of
-            that variant (``"full"`` and ``"fast"`` are embedded); with a bundle it must be the
+            ``"fast"``), ``"fast"`` (one shared backbone, distilled), ``"full"`` (SMIRK's three
+            backbones), ``"faster"`` or ``"mesh"``. Without a bundle it picks the embedded model of
+            that variant (``"fast"`` and ``"full"`` are embedded); with a bundle it must be the
             bundle's variant (a bundle holds one encoder variant).
     """
 

@@ -50,7 +50,7 @@ from .results import PARAM_WIDTHS, Face, Params, crop_roll_degrees, deferred, he
 
 __all__ = [
     "CropPolicy", "Crops", "Detected", "FrameGeometry", "FrameView", "Projected", "StageTimer", "Stages",
-    "detect", "crop", "crop_transforms", "encode", "decode", "image_affines", "project", "head_poses",
+    "detect", "detect_many", "crop", "crop_transforms", "encode", "decode", "image_affines", "project", "head_poses",
     "landmark_boxes", "refine", "box_disagreement", "smooth", "assemble",
 ]
 
@@ -155,12 +155,24 @@ class StageTimer:
 # ---------------------------------------------------------------------------------------------- stages
 def detect(detector: Detector, image: np.ndarray, max_faces: int) -> Detected:
     """Stage *detect*: faces of one BGR uint8 frame, the ``max_faces`` largest, as landmark boxes."""
-    det = detector.detect(image)
+    return _detected(detector.detect(image), max_faces)
+
+
+def _detected(det: Any, max_faces: int) -> Detected:
     order = np.argsort(-((det.boxes[:, 2] - det.boxes[:, 0]) * (det.boxes[:, 3] - det.boxes[:, 1])))[:max_faces]
     boxes = np.array([DETECTOR_TO_LANDMARK_BOX.apply(b) for b in det.boxes[order]]).reshape(-1, 4)
     eyes = det.keypoints[order][:, 1] - det.keypoints[order][:, 0]  # subject's right eye -> left eye
     rolls = np.degrees(np.arctan2(-eyes[:, 1], eyes[:, 0])) if len(order) else np.zeros(0)
     return Detected(boxes, det.scores[order], rolls)
+
+
+def detect_many(detector: Detector, images: Sequence[np.ndarray], max_faces: int) -> list[Detected]:
+    """Stage *detect* of several frames: the detector's ``detect_many`` (one network pass per model
+    for all of them) when it has one, else :func:`detect` frame by frame."""
+    many = getattr(detector, "detect_many", None)
+    if many is None:
+        return [detect(detector, im, max_faces) for im in images]
+    return [_detected(d, max_faces) for d in many(list(images))]
 
 
 def crop_transforms(boxes: np.ndarray, rolls: Rolls, policy: CropPolicy) -> list[CropTransform]:
@@ -335,19 +347,32 @@ class FrameView:
 
 
 def head_poses(pose: np.ndarray, crop_matrices: Sequence[np.ndarray]) -> np.ndarray:
-    """``(B, 3)`` yaw, pitch, roll degrees in the image frame (each crop's own rotation composed in)."""
-    return np.array([head_pose_degrees(p, crop_roll_degrees(m)) for p, m in zip(pose, crop_matrices)],
-                    np.float32).reshape(-1, 3)
+    """``(B, 3)`` yaw, pitch, roll degrees in the image frame (each crop's own rotation composed in):
+    :func:`~smirk_edge.results.head_pose_degrees` of every face at once."""
+    m = np.asarray(crop_matrices, np.float64).reshape(-1, 2, 3)
+    if not len(m):
+        return np.zeros((0, 3), np.float32)
+    R = rodrigues(np.asarray(pose, np.float32).reshape(-1, 3)).astype(np.float64)
+    a = np.radians(np.degrees(np.arctan2(m[:, 1, 0], m[:, 0, 0])))  # each crop's roll, as crop_roll_degrees
+    c, s = np.cos(a), np.sin(a)
+    Rz = np.zeros((len(m), 3, 3))
+    Rz[:, 0, 0], Rz[:, 0, 1], Rz[:, 1, 0], Rz[:, 1, 1], Rz[:, 2, 2] = c, -s, s, c, 1.0
+    R = np.where((a != 0)[:, None, None], Rz @ R, R)
+    pitch = np.arcsin(np.clip(-R[:, 1, 2], -1.0, 1.0))
+    yaw = np.arctan2(R[:, 0, 2], R[:, 2, 2])
+    roll = np.arctan2(R[:, 1, 0], R[:, 1, 1])
+    return np.degrees(np.stack([yaw, pitch, roll], axis=1)).astype(np.float32)
 
 
 def landmark_boxes(landmarks105: np.ndarray, pose: np.ndarray) -> np.ndarray:
     """``(B, 4)`` boxes SMIRK's crop expects, from predicted 105-landmark image positions ``(B, 105, 2)``
     and the crop-frame head rotation ``pose (B, 3)`` (FLAME yaw widens the box on turned heads)."""
-    lm = np.asarray(landmarks105, np.float64)
-    yaws = yaw_degrees(rodrigues(np.asarray(pose, np.float32)))
-    boxes = [LANDMARK105_TO_LANDMARK_BOX.apply(np.array([p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()]), y)
-             for p, y in zip(lm, yaws)]
-    return np.array(boxes, np.float64).reshape(-1, 4)
+    lm = np.asarray(landmarks105, np.float64).reshape(-1, 105, 2)
+    if not len(lm):
+        return np.zeros((0, 4), np.float64)
+    yaws = yaw_degrees(rodrigues(np.asarray(pose, np.float32).reshape(-1, 3)))
+    boxes = np.concatenate([lm.min(axis=1), lm.max(axis=1)], axis=1)
+    return LANDMARK105_TO_LANDMARK_BOX.apply_many(boxes, yaws)
 
 
 def refine(params: Mapping[str, np.ndarray], projected: Projected | FrameView,
@@ -432,6 +457,11 @@ class Stages:
     def detect(self, image: np.ndarray, timer: StageTimer) -> Detected:
         with timer("detect"):
             return detect(self.detector, image, self.max_faces)
+
+    def detect_many(self, images: Sequence[np.ndarray], timer: StageTimer) -> list[Detected]:
+        """Stage *detect* of several frames at once (``Reconstructor.batch``)."""
+        with timer("detect"):
+            return detect_many(self.detector, images, self.max_faces)
 
     def encode_crops(self, image: np.ndarray, boxes: np.ndarray, rolls: Rolls,
                      timer: StageTimer, policy: CropPolicy | None = None) -> tuple[Crops, dict[str, np.ndarray]]:

@@ -32,17 +32,22 @@ from .tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUNDLE_DIR = "default_bundle"
-# the embedded models, by encoder variant (Reconstructor(variant=...)); the default model is "full"
-EMBEDDED_BUNDLES = {"full": DEFAULT_BUNDLE_DIR, "fast": "fast_bundle"}
+# the embedded models, by encoder variant (Reconstructor(variant=...)), under smirk_edge/assets
+EMBEDDED_BUNDLES = {"fast": "fast_bundle", "full": "full_bundle"}
+DEFAULT_VARIANT = "fast"
+"""The encoder variant of the default model (``Reconstructor()``): the distilled ``fast`` encoder,
+which is more accurate than the full one on every landmark metric (docs/default_model_card.md)."""
+DEFAULT_BUNDLE_DIR = EMBEDDED_BUNDLES[DEFAULT_VARIANT]
 
-__all__ = ["Reconstructor", "Stream", "bundle_variant", "default_bundle_path", "model_to_image_affine"]
+__all__ = ["DEFAULT_VARIANT", "Reconstructor", "Stream", "bundle_variant", "default_bundle_path",
+           "model_to_image_affine"]
 
 
 def default_bundle_path(variant: str | None = None) -> Path:
-    """The embedded bundle of an encoder ``variant`` (None: the default model,
-    ``smirk_edge/assets/default_bundle``; ``"fast"``: ``smirk_edge/assets/fast_bundle``)."""
-    name = EMBEDDED_BUNDLES.get(variant or "full")
+    """The embedded bundle of an encoder ``variant`` (None: the default model, of
+    :data:`DEFAULT_VARIANT`; ``"fast"``: ``smirk_edge/assets/fast_bundle``; ``"full"``:
+    ``smirk_edge/assets/full_bundle``, SMIRK's three-backbone encoder)."""
+    name = EMBEDDED_BUNDLES.get(variant or DEFAULT_VARIANT)
     if name is None:
         from .errors import OptionError
 
@@ -89,7 +94,8 @@ class Reconstructor:
 
     Args:
         bundle: a bundle folder (``smirk-edge export``), a :class:`Bundle`, or None for the embedded
-            default model (``variant="fast"``: the embedded fast variant).
+            default model (the distilled ``fast`` encoder; ``variant="full"``: the embedded model
+            with SMIRK's three-backbone encoder).
         options: a :class:`~smirk_edge.options.ReconstructorOptions`; keyword arguments (the same
             names: ``backend``, ``precision``, ``device``, ``refine``, ``refine_threshold``, ``max_faces``, ``crop_scale``,
             ``detector``, ``score_threshold``, ``threads``, ``smoothing``, ``redetect_every``,
@@ -308,15 +314,15 @@ class Reconstructor:
     def batch(self, images: Iterable[np.ndarray | str | os.PathLike]) -> list[FrameResult]:
         """Reconstruct a list of images; same results and errors as :meth:`__call__` on each.
 
-        Each image is decoded and searched for faces on its own; then the faces of all images go
-        through the encoder as one batch per pass (and through decode and projection as one batch),
+        Each image is decoded on its own and the detector runs on all of them at once (one batch
+        per detector model); then the faces of all images go through the encoder as one batch per pass (and through decode and projection as one batch),
         which is what makes a GPU fast. The results' ``timings`` are those of the whole batch.
         """
         with self._lock:
             timer = StageTimer()
             with timer("decode_image"):
                 imgs = [load_image(im) if isinstance(im, (str, os.PathLike)) else as_bgr_uint8(im) for im in images]
-            dets = [self.stages.detect(img, timer) for img in imgs]
+            dets = self.stages.detect_many(imgs, timer)
             per_image = self.stages.reconstruct_many(imgs, dets, self.options.refine, timer,
                                                      self.options.refine_threshold)
             timings = timer.finish()

@@ -146,3 +146,27 @@ def test_head_pose_is_reported_in_the_image_frame_for_rotated_crops():
     pose = np.array([0.0, 0.0, np.radians(-10.0)], np.float32)  # rolled 10 deg clockwise within the crop
     np.testing.assert_allclose(head_pose_degrees(pose), [0, 0, -10], atol=1e-3)
     np.testing.assert_allclose(head_pose_degrees(pose, crop_roll_degrees(t.matrix)), [0, 0, 20], atol=1e-3)
+
+
+def test_batched_head_poses_and_landmark_boxes_equal_the_per_face_formulas():
+    """refine and the tracker compute every face at once; the per-face definitions are the reference."""
+    from smirk_edge.crop import LANDMARK105_TO_LANDMARK_BOX
+    from smirk_edge.face_model.model import rodrigues, yaw_degrees
+    from smirk_edge.pipeline import head_poses, landmark_boxes
+    from smirk_edge.results import head_pose_degrees
+    from smirk_edge.rotation import crop_roll_degrees
+
+    rng = np.random.default_rng(0)
+    pose = rng.normal(0, 0.5, (40, 3)).astype(np.float32)
+    mats = []
+    for i in range(40):  # every other crop rotated in the image
+        a, k = rng.uniform(-1, 1) * (i % 2), rng.uniform(0.5, 2)
+        mats.append(np.array([[k * np.cos(a), -k * np.sin(a), rng.normal() * 10],
+                              [k * np.sin(a), k * np.cos(a), rng.normal() * 10]]))
+    ref = np.array([head_pose_degrees(p, crop_roll_degrees(m)) for p, m in zip(pose, mats)], np.float32)
+    np.testing.assert_allclose(head_poses(pose, mats), ref, atol=1e-4)
+    lm = rng.uniform(0, 500, (40, 105, 2))
+    yaws = yaw_degrees(rodrigues(pose))
+    ref = np.array([LANDMARK105_TO_LANDMARK_BOX.apply(np.r_[p.min(0), p.max(0)], y) for p, y in zip(lm, yaws)])
+    np.testing.assert_allclose(landmark_boxes(lm, pose), ref, atol=1e-4)
+    assert head_poses(pose[:0], []).shape == (0, 3) and landmark_boxes(lm[:0], pose[:0]).shape == (0, 4)

@@ -384,3 +384,31 @@ def test_canvas_tensor_is_blazefaces_rgb_input_in_minus_one_to_one():
     assert got.shape == (3, 48, 48) and got.dtype == np.float32 and got.flags.c_contiguous
     np.testing.assert_array_equal(got, want)
     assert got.min() >= -1.0 and got.max() <= 1.0
+
+
+@needs_photos
+@pytest.mark.data
+@pytest.mark.onnxruntime
+@pytest.mark.parametrize("variant", ["auto", "both", "short"])
+def test_detect_many_equals_detect_image_by_image_in_one_pass_per_model(variant, astronaut):
+    """Reconstructor.batch's detector: every image of a list in one network call per model (auto: the
+    full-range model only on the images that need it), the same detections as one image at a time."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    group = cv2.imread(str(PHOTOS / "2008_002506.jpg"), cv2.IMREAD_COLOR)  # small faces: auto needs full range
+    imgs = [astronaut, group, np.zeros((90, 160, 3), np.uint8), cv2.flip(astronaut, 1)]
+    det = FaceDetector(variant=variant)
+    calls = {v: 0 for v in det.runners}
+    for v, r in det.runners.items():
+        real = r.infer
+        r.infer = lambda feed, real=real, v=v: (calls.__setitem__(v, calls[v] + 1), real(feed))[1]
+    many = det.detect_many(imgs)
+    assert calls == {v: (v in det.passes) for v in calls}  # one call per model that ran
+    if variant == "auto":
+        assert det.passes == ["short", "full"]
+    for im, got in zip(imgs, many):
+        ref = det.detect(im)
+        assert len(got) == len(ref)
+        np.testing.assert_allclose(got.boxes, ref.boxes, atol=0.05)
+        np.testing.assert_allclose(got.scores, ref.scores, atol=1e-4)
+        np.testing.assert_allclose(got.keypoints, ref.keypoints, atol=0.05)
+    assert len(many[0]) == 1 and len(many[2]) == 0 and len(many[1]) >= 3 - (variant == "short") * 2

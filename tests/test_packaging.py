@@ -45,7 +45,7 @@ def test_wheel_carries_what_its_commands_need(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {p.name for p in (REPO / "configs").glob("*.yaml")}
     assert {f"smirk_edge/configs/{c}" for c in configs} <= names
-    assert "smirk_edge/assets/default_bundle/encoder.torch.pt" in names  # the default checkpoint, once
-    assert "smirk_edge/assets/default_bundle/manifest.json" in names and "smirk_edge/gltf.py" in names
+    assert "smirk_edge/assets/full_bundle/encoder.torch.pt" in names  # the full encoder's checkpoint, once
+    assert "smirk_edge/assets/full_bundle/manifest.json" in names and "smirk_edge/gltf.py" in names
     assert "smirk_edge/assets/fast_bundle/manifest.json" in names and "smirk_edge/assets/fast_bundle/encoder.onnx" in names
     assert wheel.stat().st_size < WHEEL_BUDGET_BYTES, wheel.stat().st_size

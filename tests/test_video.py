@@ -140,7 +140,7 @@ def test_cli_reads_a_live_mjpeg_stream(astronaut, tmp_path):
     summary = json.loads((out / "stream.json").read_text())
     assert summary["frames"] == 12 and summary["end_reason"] == "max_frames" and summary["live"]
     assert summary["overlay_codec"] and "encode" in summary["mean_ms"]
-    assert summary["model"]["variant"] == "full" and summary["model"]["bundle"].endswith("default_bundle")
+    assert summary["model"]["variant"] == "fast" and summary["model"]["bundle"].endswith("fast_bundle")
     cap = cv2.VideoCapture(str(out / "stream.overlay.mp4"))
     assert cap.isOpened() and cap.read()[0]
 

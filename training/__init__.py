@@ -11,7 +11,7 @@ name is imported on first use.
 name                      what
 ========================  ================================================================================
 ``random_encoder``        an encoder with random weights and SMIRK's head initialisation, seeded, eval mode
-``load_encoder``          an encoder from a checkpoint in the official layout (``"default"``: the default model's)
+``load_encoder``          an encoder from a checkpoint in the official layout (``"default"``: the default model's; ``"fast"``, ``"full"``: the embedded one of that variant)
 ``save_checkpoint``       write an encoder (and generator) in the official flat layout
 ``SmirkEncoder``          the three encoders: ``image (B, 3, 224, 224)`` in [0, 1] -> dict of parameters
 ``EncoderConfig``         backbones of the ``full`` (official) and ``tiny`` (test) variants

@@ -24,25 +24,31 @@ from smirk_edge.runtimes.torch_encoder import (  # noqa: F401  (the readers live
 from smirk_edge.runtimes.torch_encoder import read_checkpoint as _read_checkpoint
 
 from .encoder import EncoderConfig, SmirkEncoder
-# ``default`` names the default model's encoder, shipped in the package (checkout and wheel alike)
+# ``default`` names the default model's encoder, shipped in the package (checkout and wheel alike);
+# ``fast`` and ``full`` the embedded model of that encoder variant (the default is ``fast``)
 DEFAULT_NAME = "default"
+EMBEDDED_NAMES = (DEFAULT_NAME, "fast", "full")
 
 
-def default_checkpoint_path() -> Path:
-    """The default model's encoder checkpoint (fp16 weights, official layout): the default bundle's
-    ``encoder.torch.pt`` artifact (the torch backend runs the same file), in a checkout and a wheel."""
+def default_checkpoint_path(variant: str | None = None) -> Path:
+    """The encoder checkpoint (fp16 weights, official layout) of the default model, or of the
+    embedded model of ``variant`` (``"fast"``, ``"full"``): that bundle's ``encoder.torch.pt``
+    artifact (the torch backend runs the same file), in a checkout and a wheel."""
     from smirk_edge.reconstructor import default_bundle_path
 
-    return default_bundle_path() / "encoder.torch.pt"
+    return default_bundle_path(None if variant in (None, DEFAULT_NAME) else variant) / "encoder.torch.pt"
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint in the official layout (no model is built here); ``"default"``: the default model's.
+    """Read a checkpoint in the official layout (no model is built here); ``"default"``: the default
+    model's, ``"fast"`` / ``"full"``: the embedded model of that encoder variant.
 
     Raises:
         CheckpointError: missing file, not a state dict, unsafe content, or no encoder keys.
     """
-    return _read_checkpoint(default_checkpoint_path() if str(path) == DEFAULT_NAME else path)
+    name = str(path)
+    embedded = name in EMBEDDED_NAMES and not Path(name).exists()  # a file of that name wins
+    return _read_checkpoint(default_checkpoint_path(name) if embedded else path)
 
 
 def load_encoder(path: str | os.PathLike, config: EncoderConfig | None = None) -> SmirkEncoder:

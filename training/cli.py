@@ -102,7 +102,7 @@ def train_add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage", type=int, choices=[1, 2], default=None, help="override the config's stage")
     p.add_argument("--init-from", default=None, metavar="CKPT",
                    help="start from a checkpoint in the official layout (stage 2: the stage-1 result); "
-                        "'default': the default model")
+                        "'default': the default model, 'fast' / 'full': the embedded model of that encoder variant")
 
 
 def train_run(args: argparse.Namespace) -> int:
@@ -121,7 +121,7 @@ def train_run(args: argparse.Namespace) -> int:
 def finetune_add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``smirk-edge finetune``."""
     p.add_argument("--from", dest="from_ckpt", required=True, metavar="CKPT",
-                   help="checkpoint to fine-tune (official layout: ours or SMIRK_em1.pt); 'default': the default model")
+                   help="checkpoint to fine-tune (official layout: ours or SMIRK_em1.pt); 'default': the default model, 'fast' / 'full': the embedded model of that variant")
     _common_train_args(p, "finetune.yaml")
     p.add_argument("--freeze-blocks", type=int, default=None, metavar="N",
                    help="freeze each backbone's stem and first N stages (config default 3)")

@@ -122,7 +122,7 @@ class ModelConfig:
     face_model: str | None = None
     init_from: str | None = None
     vgg_weights: str | None = None
-    teacher: str | None = None  # distillation: a checkpoint (or "default") whose outputs the encoder learns
+    teacher: str | None = None  # distillation: a checkpoint (or "default", "fast", "full") whose outputs the encoder learns
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""The embedded fast variant (``Reconstructor(variant="fast")``): what ships, that it is intact, that it
-reconstructs a real photo like the default model, and how ``variant=`` is checked."""
+"""The embedded models: the default (``Reconstructor()``, the distilled ``fast`` encoder) and the full
+encoder (``Reconstructor(variant="full")``): what ships, that it is intact, that both reconstruct a
+real photo alike, and how ``variant=`` is checked."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from smirk_edge.bundle import Bundle
 from smirk_edge.errors import OptionError
 from smirk_edge.options import ReconstructorOptions
-from smirk_edge.reconstructor import bundle_variant, default_bundle_path
+from smirk_edge.reconstructor import DEFAULT_VARIANT, bundle_variant, default_bundle_path
 
 MAX_BYTES = 16 * 1000 * 1000  # without its torch artifact (15.4 MB: about half the default bundle)
 TORCH_BYTES = 4 * 1000 * 1000
@@ -31,7 +32,8 @@ def test_fast_bundle_is_complete_intact_small_and_gated(bundle):
     total = sum(p.stat().st_size for p in root.iterdir() if p.is_file() and p.name != "encoder.torch.pt")
     assert total < MAX_BYTES, f"fast bundle is {total / 1e6:.1f} MB without its torch artifact"
     assert (root / "encoder.torch.pt").stat().st_size < TORCH_BYTES
-    assert bundle_variant(bundle) == "fast" and bundle_variant(Bundle(default_bundle_path())) == "full"
+    assert DEFAULT_VARIANT == "fast" and default_bundle_path() == root  # the default model is the fast one
+    assert bundle_variant(bundle) == "fast" and bundle_variant(Bundle(default_bundle_path("full"))) == "full"
     have = {(a.kind, a.role, a.precision) for a in bundle.artifacts}
     for need in [("onnx", "encoder", "fp32"), ("onnx", "fused", "int8"), ("torch-checkpoint", "encoder", "fp32"),
                  ("golden", "golden", None), ("model-card", "model_card", None)]:
@@ -42,18 +44,18 @@ def test_fast_bundle_is_complete_intact_small_and_gated(bundle):
             assert acc["passed"] and not a.attrs.get("degraded") and acc["crops"] >= 200, (a.name, acc)
     card = (root / "MODEL_CARD.md").read_text()
     for needle in ("non-commercial research only", "## Evaluation", "## Known failure cases", "# Export",
-                   "smirk-edge-default-v4"):
+                   "smirk-edge-fast-v2", "smirk-edge-default-v5"):
         assert needle in card, needle
 
 
-def test_variant_fast_reconstructs_the_astronaut_as_the_default_model_does(astronaut):
+def test_the_default_and_the_full_model_reconstruct_the_astronaut_alike(astronaut):
     pytest.importorskip("onnxruntime")
     from smirk_edge import Reconstructor
 
-    fast = Reconstructor(variant="fast", backend="onnxruntime", refine=False)
+    fast = Reconstructor(backend="onnxruntime", refine=False)
     assert fast.variant == "fast" and fast.bundle.root == default_bundle_path("fast")
-    full = Reconstructor(backend="onnxruntime", refine=False)
-    assert full.variant == "full"
+    full = Reconstructor(variant="full", backend="onnxruntime", refine=False)
+    assert full.variant == "full" and full.bundle.root == default_bundle_path("full")
     # what records name (the summaries of smirk-edge reconstruct): two different checkpoints
     assert fast.model["variant"] == "fast" and full.model["variant"] == "full"
     shas = {fast.model["checkpoint_sha256"], full.model["checkpoint_sha256"]}
@@ -69,14 +71,15 @@ def test_variant_fast_reconstructs_the_astronaut_as_the_default_model_does(astro
     assert d.mean() < 4.0, d.mean()
 
 
-def test_every_engine_passes_the_golden_check_of_the_fast_bundle():
+@pytest.mark.parametrize("variant", ["fast", "full"])
+def test_every_engine_passes_the_golden_check_of_the_embedded_bundles(variant):
     from smirk_edge.export.golden import selftest, selftest_verdict
 
     ran = 0
     for engine in ("onnxruntime", "openvino"):
         if importlib.util.find_spec(engine) is None:
             continue
-        rows = selftest(default_bundle_path("fast"), backend=engine)
+        rows = selftest(default_bundle_path(variant), backend=engine)
         assert rows and selftest_verdict(rows), [(r.name, r.failures) for r in rows]
         ran += 1
     if not ran:
@@ -87,16 +90,18 @@ def test_variant_must_match_a_given_bundle(tmp_path):
     from smirk_edge import Reconstructor
 
     with pytest.raises(OptionError, match=r"variant='fast' was asked for, but bundle .* holds the 'full' encoder"):
-        Reconstructor(default_bundle_path(), variant="fast")
+        Reconstructor(default_bundle_path("full"), variant="fast")
+    with pytest.raises(OptionError, match=r"variant='full' was asked for, but bundle .* holds the 'fast' encoder"):
+        Reconstructor(default_bundle_path(), variant="full")
     with pytest.raises(OptionError, match="no embedded model of variant 'mesh'"):
         Reconstructor(variant="mesh")
     with pytest.raises(OptionError, match="variant"):
         ReconstructorOptions(variant="huge")
 
 
-def test_selftest_cli_takes_the_embedded_fast_bundle():
+def test_selftest_cli_takes_the_embedded_full_bundle():
     pytest.importorskip("onnxruntime")
-    out = subprocess.run([sys.executable, "-m", "smirk_edge", "selftest", "fast", "--backend", "onnxruntime",
+    out = subprocess.run([sys.executable, "-m", "smirk_edge", "selftest", "full", "--backend", "onnxruntime",
                           "--json"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads(out.stdout[out.stdout.index("["):out.stdout.rindex("]") + 1])
