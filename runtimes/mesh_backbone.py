@@ -26,9 +26,9 @@ to the .tflite's ``VALID`` pool at even sizes). At 224 the shared part ends at 7
 landmark branch at 4 x 4.
 
 :class:`FaceMeshBackbone` (what the ``mesh`` encoder variant uses, registered name
-:data:`MESH_BACKBONE`) is the stem, the 14 shared blocks and the landmark branch's three 128-channel
-blocks: it stops before the branch's 1 x 1 projection to 32 channels, so the SMIRK heads read 128
-pooled channels, not 32 (a linear head on 32 would cap the 361 outputs at rank 32). Frozen, with
+:data:`MESH_BACKBONE`, with its last map flattened: ``spatial_input``) is the stem, the 14 shared
+blocks and the landmark branch's three 128-channel blocks: it stops before the branch's 1 x 1
+projection to 32 channels, so the SMIRK heads read 128 channels at each of the 4 x 4 positions, not 32 (a linear head on 32 would cap the 361 outputs at rank 32). Frozen, with
 the converted weights, on SMIRK's 224 test crops of the expressive photos, the project's linear
 expression probe (``training.evaluate.linear_probe``) reads 0.798 from these pooled 128 channels
 and 0.779 from the pooled 32 after the projection (random weights: 0.721; majority 0.732). It has timm's
@@ -47,7 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: The reserved backbone name ``runtimes.torch_encoder._backbone`` resolves without timm.
+#: The reserved backbone name ``runtimes.torch_encoder._backbone`` resolves without timm: the
+#: backbone with its last map flattened for SMIRK's 224 crop (``FaceMeshBackbone(spatial_input=224)``).
 MESH_BACKBONE = "mediapipe_face_mesh"
 #: The network's native input side (pixels) and landmark count.
 MESH_INPUT_SIZE = 192
@@ -161,6 +162,15 @@ class FeatureInfo:
         return list(self.reduction_list)
 
 
+def mesh_side(input_size: int) -> int:
+    """Side in pixels of the landmark branch's last map for a square input of ``input_size``
+    (six stride-2 steps, each rounding up: 224 -> 4, 192 -> 3)."""
+    side = int(input_size)
+    for _ in range(6):
+        side = -(-side // 2)
+    return side
+
+
 class FaceMeshBackbone(nn.Module):
     """The face-mesh network up to the landmark branch's last 128-channel block, as a
     ``features_only`` backbone.
@@ -170,18 +180,27 @@ class FaceMeshBackbone(nn.Module):
     ``(B, 64, 24, 24)``, ``(B, 128, 12, 12)``, ``(B, 128, 6, 6)``, ``(B, 128, 3, 3)``; at 224
     ``112, 56, 28, 14, 7, 4`` pixels. ``feature_info.channels()`` = ``[16, 32, 64, 128, 128, 128]``.
     Keys: ``stem.*``, ``blocks.{0..13}.*``, ``landmark_branch.{0..2}.*``.
+
+    ``spatial_input``: an input side (224 for SMIRK's crop); the last feature map then comes out
+    flattened, ``(B, 128 * side * side, 1, 1)`` (128 x 4 x 4 = 2,048 at 224), so that the encoder's
+    global pooling keeps *where* each feature is: with the plain 128 pooled channels a left-only
+    and a right-only expression differ only in position, and the heads could not tell them apart
+    (the pooled mesh variant read 0.56 on the one-sided renders; MediaPipe's own landmark head reads
+    the 3 x 3 map position by position too). The input must then be that size.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, spatial_input: int | None = None) -> None:
         super().__init__()
+        self.spatial_side = None if spatial_input is None else mesh_side(spatial_input)
         self.stem = ConvPReLU(3, 16, kernel=3, stride=2)
         self.blocks = nn.Sequential(*[ResidualBlock(*b) for b in SHARED_BLOCKS])
         self.landmark_branch = _blocks(LANDMARK_BLOCKS)
         # the last block of each size (indices into ``blocks``)
         self._taps = tuple(i for i in range(len(SHARED_BLOCKS))
                            if i + 1 == len(SHARED_BLOCKS) or SHARED_BLOCKS[i + 1][2] == 2)
+        last = LANDMARK_BLOCKS[-1][1] * (1 if self.spatial_side is None else self.spatial_side ** 2)
         self.feature_info = FeatureInfo(
-            tuple(SHARED_BLOCKS[i][1] for i in self._taps) + (LANDMARK_BLOCKS[-1][1],),
+            tuple(SHARED_BLOCKS[i][1] for i in self._taps) + (last,),
             tuple(2 * 2 ** sum(1 for b in SHARED_BLOCKS[:i + 1] if b[2] == 2) for i in self._taps) + (64,))
 
     def shared(self, image: torch.Tensor) -> list[torch.Tensor]:
@@ -196,7 +215,14 @@ class FaceMeshBackbone(nn.Module):
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         feats = self.shared(image)
-        feats.append(self.landmark_branch(feats[-1]))
+        last = self.landmark_branch(feats[-1])
+        if self.spatial_side is not None:
+            side = self.spatial_side
+            if int(last.shape[-1]) != side or int(last.shape[-2]) != side:
+                raise ValueError(f"this backbone flattens a {side} x {side} map (input {tuple(image.shape[-2:])} "
+                                 f"gives {tuple(last.shape[-2:])}); feed the input size it was built for")
+            last = last.flatten(1)[:, :, None, None]
+        feats.append(last)
         return feats
 
 

@@ -81,8 +81,9 @@ class EncoderConfig:
 
     @classmethod
     def mesh(cls) -> "EncoderConfig":
-        """One shared MediaPipe face-mesh backbone (:mod:`.mesh_backbone`, 128 pooled channels) for
-        the three heads; warm-started from MediaPipe's weights (:func:`load_mesh_weights`)."""
+        """One shared MediaPipe face-mesh backbone (:mod:`.mesh_backbone`: its 128 x 4 x 4 last map,
+        flattened, so the heads see where each feature is) for the three heads; warm-started from
+        MediaPipe's weights (:func:`load_mesh_weights`)."""
         return cls(MESH_BACKBONE, MESH_BACKBONE, MESH_BACKBONE, shared=True)
 
     @classmethod
@@ -111,10 +112,10 @@ class EncoderConfig:
 def _backbone(name: str | nn.Module) -> nn.Module:
     if isinstance(name, nn.Module):  # shared with the other branches
         return name
-    if name == MESH_BACKBONE:  # ours, not a timm model
+    if name == MESH_BACKBONE:  # ours, not a timm model; its last map flattened for the 224 crop
         from .mesh_backbone import FaceMeshBackbone
 
-        return FaceMeshBackbone()
+        return FaceMeshBackbone(spatial_input=224)
     timm = require("timm")
     return timm.create_model(name, pretrained=False, features_only=True)
 

@@ -57,6 +57,27 @@ def test_backbone_feature_maps_at_192_and_224():
             assert all(torch.isfinite(f).all() for f in feats)
 
 
+def test_spatial_backbone_keeps_the_position_of_each_feature():
+    """The mesh variant's heads read the 128 x 4 x 4 map flattened (not 128 pooled channels), so a
+    left-only and a right-only expression can differ; same weights and keys as the plain backbone."""
+    from smirk_edge.runtimes.mesh_backbone import mesh_side
+
+    assert mesh_side(224) == 4 and mesh_side(192) == 3
+    torch.manual_seed(0)
+    plain, spatial = FaceMeshBackbone(), FaceMeshBackbone(spatial_input=224)
+    spatial.load_state_dict(plain.state_dict(), strict=True)
+    assert spatial.feature_info.channels() == [16, 32, 64, 128, 128, 128 * 16]
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        a, b = plain(x)[-1], spatial(x)[-1]
+    assert tuple(b.shape) == (2, 2048, 1, 1)
+    assert torch.equal(b.view(2, 128, 4, 4), a)
+    with pytest.raises(ValueError, match="4 x 4"):
+        spatial(torch.rand(1, 3, 192, 192))
+    enc = random_encoder("mesh")
+    assert enc.shape_encoder.shape_layers[0].in_features == 2048
+
+
 def test_whole_network_outputs_and_key_layout():
     net = _random_net()
     with torch.no_grad():
