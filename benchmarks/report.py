@@ -518,7 +518,9 @@ def _memory_section(rows) -> str:
         srows = []
         for r in stream:
             cpu = (r.get("machine") or {}).get("cpu") or {}
-            srows.append([r.get("engine"), r.get("bundle"), Path(str(r.get("source"))).name, r.get("canvas") or "-",
+            variant = (r.get("model") or {}).get("variant")
+            bundle = f"{r.get('bundle')} ({variant})" if variant else r.get("bundle")
+            srows.append([r.get("engine"), bundle, Path(str(r.get("source"))).name, r.get("canvas") or "-",
                           r.get("threads"), r.get("frames"), r.get("rss_mb_before_reconstructor"),
                           r.get("rss_mb_after_warmup"), r.get("rss_mb_end"), r.get("rss_growth_percent"),
                           r.get("peak_rss_mb"), r.get("fps"), cpu.get("class"),

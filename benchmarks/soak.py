@@ -165,6 +165,7 @@ def main(argv=None) -> int:
         "peak_rss_mb": peak_rss_mb(), "source": str(args.video) if args.video else "photos",
         "canvas": args.canvas, "threads": args.threads,
         "fps": round(n_frames / elapsed, 1), "engine": rec.engine, "bundle": str(args.bundle or "default"),
+        "model": {k: rec.model.get(k) for k in ("variant", "checkpoint_sha256")},
         "machine": info, "versions": info.pop("packages", None),
         "loadavg_start": load0,
         "samples": [{"frame": i, "rss_mb": round(r, 1), "seconds": round(t, 1)} for i, r, t in samples],
