@@ -42,7 +42,7 @@ from typing import Any, Iterator, Mapping, Protocol, Sequence, Union
 import numpy as np
 
 from .crop import (CROP_SIZE, DEFAULT_SCALE, DETECTOR_TO_LANDMARK_BOX, INPUT_NAME, LANDMARK105_TO_LANDMARK_BOX, CropTransform,
-                   crop_from_box, preprocess, square_from_box, transform_from_square)
+                   preprocess, square_from_box, transform_from_square)
 from .errors import InputError, SmirkEdgeError
 from .face_model import FaceGeometry, FaceModel
 from .face_model.model import rodrigues, yaw_degrees
@@ -175,13 +175,36 @@ def detect_many(detector: Detector, images: Sequence[np.ndarray], max_faces: int
     return [_detected(d, max_faces) for d in many(list(images))]
 
 
+def _upright_matrices(boxes: np.ndarray, scale: float, size: int) -> np.ndarray:
+    """``(B, 2, 3)`` :func:`~smirk_edge.crop.crop_from_box` matrices of ``(B, 4)`` boxes at once (the same
+    float64 operations, so the same values); a bad box raises its error as ``crop_from_box`` does."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    x0, y0, x1, y1 = b.T
+    with np.errstate(invalid="ignore", over="ignore"):
+        side = ((x1 - x0) + (y1 - y0)) / 2.0 * scale
+        bad = ~(np.isfinite(b).all(1) & (x1 > x0) & (y1 > y0) & (side >= 1))
+    if bad.any():
+        square_from_box(b[int(np.flatnonzero(bad)[0])], scale)  # raises InputError, worded as for one box
+    k = (size - 1) / np.trunc(side)
+    half = (size - 1) / 2.0
+    m = np.zeros((len(b), 2, 3))
+    m[:, 0, 0] = m[:, 1, 1] = k
+    m[:, 0, 2] = half - k * (x1 - (x1 - x0) / 2.0)
+    m[:, 1, 2] = half - k * (y1 - (y1 - y0) / 2.0)
+    return m
+
+
 def crop_transforms(boxes: np.ndarray, rolls: Rolls, policy: CropPolicy) -> list[CropTransform]:
-    """SMIRK's crop of each landmark box, rotated upright where the face is rolled past ``policy.align_roll``."""
+    """SMIRK's crop of each landmark box, rotated upright where the face is rolled past ``policy.align_roll``
+    (the upright ones computed together: a batch of hundreds of faces costs a few microseconds a face)."""
     angles = np.zeros(len(boxes)) if rolls is None else np.asarray(rolls, np.float64)
-    out = []
-    for box, roll in zip(boxes, angles):
-        if policy.align_roll is None or abs(roll) < policy.align_roll:
-            out.append(crop_from_box(box, policy.scale, policy.size))
+    upright = np.ones(len(boxes), bool) if policy.align_roll is None else np.abs(angles) < policy.align_roll
+    mats = _upright_matrices(np.asarray(boxes)[upright], policy.scale, policy.size) if upright.any() else None
+    out, j = [], 0
+    for box, roll, up in zip(boxes, angles, upright):
+        if up:
+            out.append(CropTransform(mats[j], policy.size))
+            j += 1
         else:
             centre, side = square_from_box(box, policy.scale)
             out.append(transform_from_square(centre, side, policy.size, float(roll)))

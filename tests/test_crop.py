@@ -170,3 +170,27 @@ def test_batched_head_poses_and_landmark_boxes_equal_the_per_face_formulas():
     ref = np.array([LANDMARK105_TO_LANDMARK_BOX.apply(np.r_[p.min(0), p.max(0)], y) for p, y in zip(lm, yaws)])
     np.testing.assert_allclose(landmark_boxes(lm, pose), ref, atol=1e-4)
     assert head_poses(pose[:0], []).shape == (0, 3) and landmark_boxes(lm[:0], pose[:0]).shape == (0, 4)
+
+
+def test_crop_transforms_of_a_batch_equal_crop_from_box_face_by_face():
+    """The upright crops of a batch are computed together, bit for bit those of crop_from_box; rolled
+    faces keep their rotated crop; a bad box raises the one-box error."""
+    from smirk_edge.crop import crop_from_box, square_from_box, transform_from_square
+    from smirk_edge.errors import InputError
+    from smirk_edge.pipeline import CropPolicy, crop_transforms
+
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(-50, 600, (300, 2))
+    boxes = np.c_[xy, xy + rng.uniform(0.8, 300, (300, 2))]
+    rolls = rng.uniform(-60, 60, 300)
+    policy = CropPolicy()
+    got = crop_transforms(boxes, rolls, policy)
+    for t, box, roll in zip(got, boxes, rolls):
+        ref = crop_from_box(box, policy.scale, policy.size) if abs(roll) < policy.align_roll else \
+            transform_from_square(*square_from_box(box, policy.scale), policy.size, float(roll))
+        assert np.array_equal(t.matrix, ref.matrix) and t.size == ref.size
+    assert len(crop_transforms(boxes[:0], None, policy)) == 0
+    with pytest.raises(InputError, match="x1 > x0"):
+        crop_transforms(np.array([[0, 0, 10, 10], [5, 5, 5, 9.0]]), None, policy)
+    with pytest.raises(InputError, match="empty crop"):
+        crop_transforms(np.array([[0, 0, 0.5, 0.5]]), None, policy)
