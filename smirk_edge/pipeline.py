@@ -199,7 +199,8 @@ def crop_transforms(boxes: np.ndarray, rolls: Rolls, policy: CropPolicy) -> list
     (the upright ones computed together: a batch of hundreds of faces costs a few microseconds a face)."""
     angles = np.zeros(len(boxes)) if rolls is None else np.asarray(rolls, np.float64)
     upright = np.ones(len(boxes), bool) if policy.align_roll is None else np.abs(angles) < policy.align_roll
-    mats = _upright_matrices(np.asarray(boxes)[upright], policy.scale, policy.size) if upright.any() else None
+    mats = _upright_matrices(np.asarray(boxes)[upright], policy.scale, policy.size) if upright.any() \
+        else np.zeros((0, 2, 3))
     out, j = [], 0
     for box, roll, up in zip(boxes, angles, upright):
         if up:
