@@ -8,9 +8,13 @@
 * :func:`make_runner`: a runner for one artifact; unknown options are rejected with a hint.
 * :func:`open_with_fallback`: activate candidates in order; on failure warn once and try the next.
 
-The speed rank is a static prior (TensorRT on a GPU, then OpenVINO, then ONNX Runtime, then
-eager torch, as measured on the project's machines for the SMIRK encoder); ``smirk-edge bench``
-measures the real order on a target.
+The speed rank is a static prior (TensorRT on a GPU, then ONNX Runtime, then OpenVINO, then
+eager torch): on the project's CPUs ONNX Runtime ran the default (fast) model faster than OpenVINO
+in four of four back-to-back comparisons and the full model level with it, started 4-5x sooner
+(~0.2 s against ~0.9 s) and held less memory on a long stream (145 against 189 MiB;
+docs/benchmark_results/cpu_engine_ab_s8.json, memory_stream_720p_s8.json). OpenVINO stays the
+engine for Intel GPUs and NPUs (``device="gpu"`` / ``"npu"``), which ONNX Runtime does not open.
+``smirk-edge bench`` measures the real order on a target.
 """
 
 from __future__ import annotations
@@ -97,11 +101,11 @@ ENGINES: dict[str, EngineSpec] = {spec.name: spec for spec in (
                ("precision", "name", "profile_index", "allocator", "pinned"),
                also_needs=("cuda.bindings", "cuda.cudart", "torch")),
     EngineSpec("openvino", "OpenVINO", "openvino", "openvino", ("openvino-ir", "onnx"),
-               ("fp32", "fp16", "int8"), ("cpu", "gpu", "npu", "auto"), 1, "smirk_edge.runtimes.ov:OvRunner",
+               ("fp32", "fp16", "int8"), ("cpu", "gpu", "npu", "auto"), 2, "smirk_edge.runtimes.ov:OvRunner",
                ("precision", "name", "device", "performance_hint", "threads", "batch", "inference_precision"),
                sdk_options=_ov_sdk_options, runs_detector=True),
     EngineSpec("onnxruntime", "ONNX Runtime", "onnxruntime", "onnxruntime", ("onnx",),
-               ("fp32", "fp16", "int8"), ("cpu", "cuda", "tensorrt"), 2, "smirk_edge.runtimes.ort:OrtRunner",
+               ("fp32", "fp16", "int8"), ("cpu", "cuda", "tensorrt"), 1, "smirk_edge.runtimes.ort:OrtRunner",
                ("precision", "name", "providers", "threads", "inter_op_threads", "graph_optimization_level"),
                sdk_options=_ort_sdk_options, runs_detector=True),
     EngineSpec("torch", "PyTorch", "torch", "torch", ("torch-checkpoint",),

@@ -201,3 +201,22 @@ def test_batch_faces_equal_single_calls(rec, group_photo):
         for a, b in zip(got, single):
             np.testing.assert_allclose(a.landmarks68, b.landmarks68, atol=1e-3)
         assert_equal_to_eager(rec, got)
+
+
+def test_each_face_owns_its_rows(rec, group_photo):
+    """A face's parameters, box and crop matrix are its rows of one batch copy: writing into one face
+    changes no other face, no later result and nothing of the caller's."""
+    faces = rec(group_photo)
+    assert len(faces) >= 2
+    before = [(f.params.expression.copy(), f.box.copy(), f.crop_matrix.copy(), f.head_pose.copy()) for f in faces[1:]]
+    faces[0].params.expression[:] = 99.0
+    faces[0].box[:] = -1.0
+    faces[0].crop_matrix[:] = 0.0
+    faces[0].head_pose[:] = 0.0
+    for f, (e, b, m, h) in zip(faces[1:], before):
+        np.testing.assert_array_equal(f.params.expression, e)
+        np.testing.assert_array_equal(f.box, b)
+        np.testing.assert_array_equal(f.crop_matrix, m)
+        np.testing.assert_array_equal(f.head_pose, h)
+    again = rec(group_photo)
+    assert not np.any(again[0].params.expression == 99.0) and again[0].box[0] != -1.0

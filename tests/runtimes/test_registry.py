@@ -48,16 +48,20 @@ def test_auto_picks_the_fastest_installed_engine_with_an_artifact():
     sel = select_engine(BUNDLE, installed=["tensorrt", "openvino", "onnxruntime"])
     assert sel.engine == "tensorrt" and sel.artifact.kind == "tensorrt-engine"
     sel = select_engine(BUNDLE, installed=["openvino", "onnxruntime"])
-    assert (sel.engine, sel.artifact.path) == ("openvino", "encoder.xml")  # IR preferred, fp32 first
+    assert (sel.engine, sel.artifact.path) == ("onnxruntime", "encoder.onnx")  # ONNX Runtime first, fp32 first
     assert "fastest available engine" in sel.reason and "skipped tensorrt (not installed" in sel.reason
     assert 'the "tensorrt" extra' in sel.reason
-    assert sel.alternatives[0] == ("openvino", Artifact("openvino-ir", "int8", "encoder.int8.xml"))
-    assert ("onnxruntime", Artifact("onnx", "fp32", "encoder.onnx")) in sel.alternatives
+    assert sel.alternatives[0] == ("onnxruntime", Artifact("onnx", "int8", "encoder.int8.onnx"))
+    assert sel.alternatives[1] == ("openvino", Artifact("openvino-ir", "fp32", "encoder.xml"))  # IR preferred there
+    sel = select_engine(BUNDLE, installed=["openvino"])
+    assert (sel.engine, sel.artifact.path) == ("openvino", "encoder.xml")
 
 
 def test_precision_and_device_filters():
     sel = select_engine(BUNDLE, precision="int8", installed=["openvino", "onnxruntime", "tensorrt"])
-    assert (sel.engine, sel.artifact.path) == ("openvino", "encoder.int8.xml")
+    assert (sel.engine, sel.artifact.path) == ("onnxruntime", "encoder.int8.onnx")
+    sel = select_engine(BUNDLE, precision="int8", device="npu", installed=["openvino", "onnxruntime"])
+    assert (sel.engine, sel.artifact.path) == ("openvino", "encoder.int8.xml")  # only OpenVINO opens an NPU
     sel = select_engine(BUNDLE, device="cpu", installed=["tensorrt", "onnxruntime"])
     assert sel.engine == "onnxruntime" and "tensorrt (does not run on 'cpu')" in sel.reason
     sel = select_engine(BUNDLE, device="cuda:0", installed=["onnxruntime", "openvino"])
