@@ -37,7 +37,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Protocol, Sequence, Union
+from typing import Any, Iterator, Mapping, Protocol, Sequence, Union, cast
 
 import numpy as np
 
@@ -46,7 +46,7 @@ from .crop import (CROP_SIZE, DEFAULT_SCALE, DETECTOR_TO_LANDMARK_BOX, INPUT_NAM
 from .errors import InputError, SmirkEdgeError
 from .face_model import FaceGeometry, FaceModel
 from .face_model.model import rodrigues, yaw_degrees
-from .results import PARAM_WIDTHS, Face, Params, deferred
+from .results import PARAM_WIDTHS, DeferredRow, Face, Params
 
 __all__ = [
     "CropPolicy", "Crops", "Detected", "FrameGeometry", "FrameView", "Projected", "StageTimer", "Stages",
@@ -433,7 +433,7 @@ def smooth(filters: Mapping[str, Any], params: dict[str, np.ndarray], index: int
 def _face_part(source: Any, name: str, i: int) -> np.ndarray:
     """Face ``i``'s ``name`` of a decoded or projected batch; deferred when ``source`` is a :class:`FrameView`."""
     if isinstance(source, FrameView):
-        return deferred(lambda: source.part(name)[i])
+        return cast(np.ndarray, DeferredRow(source, name, i))
     return getattr(source, name)[i]
 
 
@@ -448,11 +448,12 @@ class _BatchPoses:
         self.matrices = np.array(matrices, np.float64).reshape(-1, 2, 3)
         self._rows: np.ndarray | None = None
 
-    def row(self, i: int) -> np.ndarray:
+    def part(self, name: str) -> np.ndarray:
+        """``(B, 3)`` degrees (``name``: ``"head_pose"``, the only part)."""
         rows = self._rows
         if rows is None:  # two threads at once compute the same rows; either result is kept
             rows = self._rows = head_poses(self.pose, self.matrices)
-        return rows[i]
+        return rows
 
 
 def assemble(params: Mapping[str, np.ndarray], geometry: FaceGeometry | FrameView, projected: Projected | FrameView,
@@ -473,15 +474,11 @@ def assemble(params: Mapping[str, np.ndarray], geometry: FaceGeometry | FrameVie
     box32 = np.array(boxes, np.float32).reshape(-1, 4)
     poses = _BatchPoses(P["pose"], matrices)
     part = _face_part
-
-    def head_pose(i: int) -> np.ndarray:
-        return deferred(lambda: poses.row(i))
-
     return [Face(params=Params(pose=P["pose"][i], cam=P["cam"][i], shape=P["shape"][i],
                                expression=P["expression"][i], eyelid=P["eyelid"][i], jaw=P["jaw"][i]),
                  vertices=part(geometry, "vertices", i), vertices_image=part(projected, "vertices", i),
                  landmarks68=part(projected, "landmarks68", i), landmarks105=part(projected, "landmarks105", i),
-                 box=box32[i], score=float(scores[i]), head_pose=head_pose(i),
+                 box=box32[i], score=float(scores[i]), head_pose=cast(np.ndarray, DeferredRow(poses, "head_pose", i)),
                  crop_matrix=matrices[i], faces=triangles,
                  track_id=-1 if track_ids is None else int(track_ids[i]), engine=engine)
             for i in range(len(matrices))]

@@ -35,6 +35,23 @@ class Deferred:
     def __init__(self, fn: Callable[[], np.ndarray]):
         self.fn = fn
 
+    def resolve(self) -> np.ndarray:
+        return self.fn()
+
+
+class DeferredRow(Deferred):
+    """Row ``index`` of ``source.part(name)``, read on the first access: what the pipeline gives
+    each face of a batch (one small object per field, no closure: a batch of hundreds of faces
+    allocates few objects for the garbage collector to scan)."""
+
+    __slots__ = ("source", "name", "index")
+
+    def __init__(self, source: Any, name: str, index: int):
+        self.source, self.name, self.index = source, name, index
+
+    def resolve(self) -> np.ndarray:
+        return self.source.part(self.name)[self.index]
+
 
 def deferred(fn: Callable[[], np.ndarray]) -> np.ndarray:
     """Give ``fn`` where a :class:`Face` field of :data:`DEFERRED_FIELDS` takes an array
@@ -59,7 +76,7 @@ class _DeferredField:
         except KeyError:
             raise AttributeError(self.name) from None
         if isinstance(value, Deferred):
-            value = value.fn()
+            value = value.resolve()
             obj.__dict__[self.name] = value
         return value
 
