@@ -54,6 +54,9 @@ def inherited_meta(meta: Mapping[str, Any], source: Mapping[str, Any] | None) ->
         chain = list(src.get("derived_from", []))
         chain.append({k: src[k] for k in ("name", "stage", "step") if k in src})
         out["derived_from"] = chain
+        labelled = sorted(set(src.get("emotion_subjects") or []) | set(out.get("emotion_subjects") or []))
+        if labelled:  # whose emotion labels trained any part: a probe must not be scored on them
+            out["emotion_subjects"] = labelled
         data = [d for d in (src.get("training_data"), out.get("training_data")) if d]
         if data:
             out["training_data"] = "; then ".join(dict.fromkeys(data))

@@ -154,6 +154,9 @@ def evaluate_add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subset", default="val", help="part of the split file (default val)")
     p.add_argument("--expressive-csv", metavar="CSV",
                    help="faces/expressive.csv: linear probe of expression parameters against its emotions")
+    p.add_argument("--probe-unscored", action="append", default=[], metavar="SUBJECT",
+                   help="a subject of --expressive-csv whose labels trained the model: the probe learns from it "
+                        "but is not scored on it (repeatable; a checkpoint's own emotion_subjects are added)")
     p.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="N synthetic faces: parameter/vertex error and left-right accuracy (checkpoint only)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N annotated faces for the NME")
@@ -179,7 +182,7 @@ def evaluate_run(args: argparse.Namespace) -> int:
                    synthetic=args.synthetic, limit=args.limit, out_dir=args.out, device=args.device,
                    face_model=args.face_model, progress=lambda s: print(s, file=sys.stderr),
                    landmarks68=args.landmarks68, landmarks68_split=args.landmarks68_split,
-                   pipeline=args.pipeline)
+                   pipeline=args.pipeline, probe_unscored=args.probe_unscored)
     print(json.dumps(rep, indent=1))
     return 0
 

@@ -99,7 +99,11 @@ class CropAugmentConfig:
 class DataConfig:
     """Data sources and loading. ``views = 2`` gives each photo two independent augmentations (the
     identity-consistency half of the shape supervision); the encoder then sees ``batch * views``
-    crops per step. ``epoch_size``: samples per epoch (default: the sum of the source sizes)."""
+    crops per step. ``epoch_size``: samples per epoch (default: the sum of the source sizes).
+    ``emotion_csv`` (``faces/expressive.csv`` layout: image, emotion, colour, subject) and
+    ``emotion_subjects``: the photos of those subjects carry their emotion label (``item["emotion"]``)
+    for the ``emotion_label`` loss; every other photo, and every subject not listed, has none (-1).
+    List the subjects explicitly: the ones left out are what an expression probe may be scored on."""
 
     sources: list[SourceConfig] = field(default_factory=list)
     image_size: int = 224
@@ -107,6 +111,8 @@ class DataConfig:
     num_workers: int = 4
     epoch_size: int | None = None
     augment: CropAugmentConfig = field(default_factory=CropAugmentConfig)
+    emotion_csv: str | None = None
+    emotion_subjects: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -249,6 +255,9 @@ class TrainConfig:
              f"finetune.train entries must be pose, shape or expression, got {self.finetune.train}"),
             (bool(self.data.sources) or not require_sources, "data.sources is empty: give at least one source"),
             (self.run.device in ("auto", "cpu", "cuda"), f"run.device must be auto, cpu or cuda, got {self.run.device!r}"),
+            (not float(self.loss.weights.get("emotion_label", 0) or 0)
+             or (bool(self.data.emotion_csv) and bool(self.data.emotion_subjects)),
+             "loss.weights.emotion_label needs data.emotion_csv and data.emotion_subjects (the subjects whose labels train)"),
         ]
         a = self.data.augment
         checks.append((0 < a.scale_min <= a.scale_max, f"augment scale range [{a.scale_min}, {a.scale_max}] is empty"))

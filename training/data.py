@@ -252,6 +252,39 @@ def subjects_from_csv(names: Sequence[str], csv_path: str | os.PathLike, name_co
     return [table.get(os.path.basename(n), n) for n in names]
 
 
+EMOTION_CLASSES = ("anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
+
+
+def read_emotion_labels(csv_path: str | os.PathLike, subjects: Sequence[str]) -> dict[str, int]:
+    """File name -> index into :data:`EMOTION_CLASSES` for the rows of ``subjects`` in an
+    ``expressive.csv``-style table (columns image, emotion, subject). Raises :class:`DataError` for a
+    missing file or column, an unknown emotion, or a subject with no row."""
+    import csv
+
+    want = {str(s) for s in subjects}
+    out: dict[str, int] = {}
+    seen: set[str] = set()
+    try:
+        with open(csv_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise DataError(f"cannot read emotion labels {csv_path}: {exc}") from exc
+    for r in rows:
+        if not {"image", "emotion", "subject"} <= set(r):
+            raise DataError(f"{csv_path} needs the columns image, emotion and subject")
+        if r["subject"] not in want:
+            continue
+        emo = r["emotion"].strip().lower()
+        if emo not in EMOTION_CLASSES:
+            raise DataError(f"{csv_path}: unknown emotion {emo!r} for {r['image']} (known: {', '.join(EMOTION_CLASSES)})")
+        out[os.path.basename(r["image"])] = EMOTION_CLASSES.index(emo)
+        seen.add(r["subject"])
+    missing = sorted(want - seen)
+    if missing:
+        raise DataError(f"{csv_path} has no row for subject(s) {', '.join(missing)}")
+    return out
+
+
 def write_split(path: str | os.PathLike, split: Mapping) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -330,6 +363,7 @@ class FaceCropDataset:
         views: independent augmentations per item (1 or 2).
         train: augment; else every key gives the deterministic test crop.
         source: index reported in ``item["source"]``.
+        emotion: ``(N,)`` int emotion class per face (-1: none), reported per view in ``item["emotion"]``.
 
     ``dataset[i]`` is the deterministic test crop; ``dataset[(i, seed)]`` an augmentation drawn from
     ``numpy.random.default_rng(seed)`` (what :class:`MixtureSampler` yields), so the same key gives
@@ -337,7 +371,7 @@ class FaceCropDataset:
     """
 
     def __init__(self, table: FaceTable, augment=None, size: int = 224, views: int = 1, train: bool = True,
-                 source: int = 0):
+                 source: int = 0, emotion: np.ndarray | None = None):
         from .config import CropAugmentConfig
 
         self.table = table
@@ -346,6 +380,9 @@ class FaceCropDataset:
         self.views = int(views)
         self.train = train
         self.source = source
+        self.emotion = np.full(len(table), -1, np.int64) if emotion is None else np.asarray(emotion, np.int64)
+        if len(self.emotion) != len(table):
+            raise DataError(f"{len(self.emotion)} emotion labels for {len(table)} faces")
         lm = table.landmarks478
         self.boxes = np.stack([lm[..., 0].min(1), lm[..., 1].min(1), lm[..., 0].max(1), lm[..., 1].max(1)], 1) \
             if len(lm) else np.zeros((0, 4), np.float32)
@@ -436,6 +473,7 @@ class FaceCropDataset:
         out["valid"] = torch.ones(self.views)
         out["source"] = torch.tensor(self.source, dtype=torch.int64)
         out["index"] = torch.tensor(i, dtype=torch.int64)
+        out["emotion"] = torch.full((self.views,), int(self.emotion[i]), dtype=torch.int64)
         return out
 
 
@@ -703,6 +741,8 @@ def build_table(src) -> FaceTable:
 def build_dataset(data_cfg, train: bool = True, face_model_path: str | None = None) -> MixedDataset:
     """The :class:`MixedDataset` of a :class:`~smirk_edge.training.config.DataConfig`."""
     datasets, weights, names = [], [], []
+    labels = read_emotion_labels(data_cfg.emotion_csv, data_cfg.emotion_subjects) \
+        if getattr(data_cfg, "emotion_csv", None) else {}
     for k, src in enumerate(data_cfg.sources):
         if src.kind == "synthetic":
             from .synthetic import SyntheticDataset
@@ -710,8 +750,10 @@ def build_dataset(data_cfg, train: bool = True, face_model_path: str | None = No
             ds = SyntheticDataset(src.size, size=data_cfg.image_size, views=data_cfg.views,
                                   face_model_path=src.path or face_model_path, source=k, seed=1000 + k)
         else:
-            ds = FaceCropDataset(build_table(src), data_cfg.augment, data_cfg.image_size, data_cfg.views,
-                                 train=train, source=k)
+            table = build_table(src)
+            emotion = np.array([labels.get(os.path.basename(str(n)), -1) for n in table.names], np.int64)
+            ds = FaceCropDataset(table, data_cfg.augment, data_cfg.image_size, data_cfg.views,
+                                 train=train, source=k, emotion=emotion)
         datasets.append(ds)
         weights.append(src.weight)
         names.append(src.name or f"{src.kind}:{src.path or src.annotations}")

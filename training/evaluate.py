@@ -84,15 +84,20 @@ def rotation_angle_deg(r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
 
 
 def linear_probe(features: np.ndarray, labels: Sequence[str], groups: Sequence[str], folds: int = 5,
-                 seed: int = 0, weight_decay: float = 1e-3, steps: int = 300) -> dict:
+                 seed: int = 0, weight_decay: float = 1e-3, steps: int = 300,
+                 unscored: Sequence[str] = ()) -> dict:
     """Cross-validated multinomial logistic regression with groups (subjects) kept apart.
 
     Args:
         features: ``(N, D)`` per-image features (e.g. expression parameters).
         labels: ``(N,)`` class names. groups: ``(N,)`` group ids; a group is never split across folds.
+        unscored: groups whose test predictions are not counted (they still train the probe): the
+            subjects whose labels trained the encoder, so that the score is on subjects it never saw
+            labelled.
     Returns:
         ``accuracy``, ``majority_rate`` (always answering the training folds' majority label),
-        ``n``, ``classes``, ``folds``, per-class counts.
+        ``n``, ``classes``, ``folds``, per-class counts, ``per_group`` (accuracy and n of each
+        group), ``unscored`` (the groups left out of the score, with their accuracy in ``per_group``).
     """
     import torch
 
@@ -105,6 +110,8 @@ def linear_probe(features: np.ndarray, labels: Sequence[str], groups: Sequence[s
     rng = np.random.default_rng(seed)
     fold_of_group = dict(zip(uniq[rng.permutation(len(uniq))], np.arange(len(uniq)) % folds))
     fold = np.array([fold_of_group[g] for g in groups])
+    skip = np.isin(groups, np.asarray([str(g) for g in unscored]))
+    per_group: dict[str, list[int]] = {}
     correct = majority = total = 0
     for k in range(folds):
         tr, te = fold != k, fold == k
@@ -127,12 +134,21 @@ def linear_probe(features: np.ndarray, labels: Sequence[str], groups: Sequence[s
         opt.step(closure)
         with torch.no_grad():
             pred = (xte @ W + b).argmax(1).numpy()
-        correct += int((pred == y[te]).sum())
-        majority += int((y[te] == np.bincount(y[tr], minlength=len(classes)).argmax()).sum())
-        total += int(te.sum())
+        hit = pred == y[te]
+        for g in np.unique(groups[te]):
+            m = groups[te] == g
+            acc = per_group.setdefault(str(g), [0, 0])
+            acc[0] += int(hit[m].sum())
+            acc[1] += int(m.sum())
+        scored = ~skip[te]
+        correct += int(hit[scored].sum())
+        majority += int((y[te][scored] == np.bincount(y[tr], minlength=len(classes)).argmax()).sum())
+        total += int(scored.sum())
     return {"accuracy": correct / max(total, 1), "majority_rate": majority / max(total, 1), "n": total,
             "classes": classes, "folds": folds,
-            "counts": {c: int((labels == c).sum()) for c in classes}}
+            "counts": {c: int((labels[~skip] == c).sum()) for c in classes},
+            "per_group": {g: {"accuracy": c / max(n, 1), "n": n} for g, (c, n) in sorted(per_group.items())},
+            "unscored": sorted({str(g) for g in unscored} & set(groups.tolist()))}
 
 
 # ------------------------------------------------------------------------------------------ predictors
@@ -167,6 +183,11 @@ class TorchPredictor:
         from .face_model import FaceModelLayer
 
         self.device = torch.device(device)
+        self.meta: dict = {}
+        if encoder is None and checkpoint is not None:
+            from .checkpoint import read_checkpoint
+
+            self.meta = dict(read_checkpoint(checkpoint).meta or {})
         self.encoder = (encoder if encoder is not None else load_encoder(checkpoint)).to(self.device).eval()
         self.face = FaceModelLayer.from_file(face_model_path or standin_path()).to(self.device)
         self.batch = batch
@@ -451,8 +472,12 @@ def evaluate_synthetic(predictor: TorchPredictor, n: int = 256, seed: int = 0, o
     return res
 
 
-def probe_expressive(predictor, table, csv_path: str | os.PathLike, limit: int | None = None, chunk: int = 64) -> dict:
-    """Linear probe of predicted expression parameters against ``expressive.csv`` emotions."""
+def probe_expressive(predictor, table, csv_path: str | os.PathLike, limit: int | None = None, chunk: int = 64,
+                     unscored: Sequence[str] = ()) -> dict:
+    """Linear probe of predicted expression parameters against ``expressive.csv`` emotions.
+
+    ``unscored``: subjects whose labels trained the model (checkpoint meta ``emotion_subjects``): the
+    probe still learns from them but is scored on the other subjects only."""
     import csv
 
     rows = {}
@@ -473,7 +498,9 @@ def probe_expressive(predictor, table, csv_path: str | os.PathLike, limit: int |
     labels = np.array([rows[os.path.basename(str(table.names[j]))][0] for j in idx])
     groups = np.array([rows[os.path.basename(str(table.names[j]))][1] for j in idx])
     ok = np.isfinite(X).all(1)  # a full-pipeline predictor may miss a face
-    out = linear_probe(X[ok], labels[ok], groups[ok])
+    out = linear_probe(X[ok], labels[ok], groups[ok], unscored=unscored)
+    if out["unscored"]:  # the usual score too, over every subject (it counts labels the model trained on)
+        out["accuracy_all_subjects"] = linear_probe(X[ok], labels[ok], groups[ok])["accuracy"]
     out["missed"] = int((~ok).sum())
     return out
 
@@ -527,8 +554,11 @@ def evaluate(checkpoint: str | None = None, bundle: str | None = None, annotatio
              out_dir: str | os.PathLike | None = None, device: str = "cpu", face_model: str | None = None,
              sheet: int = 16, progress: Callable[[str], None] | None = None,
              landmarks68: Sequence[str] = (), landmarks68_split: str | None = None,
-             pipeline: str = "landmarks") -> dict:
-    """Run every evaluation the inputs allow and return (and write, with ``out_dir``) the report."""
+             pipeline: str = "landmarks", probe_unscored: Sequence[str] = ()) -> dict:
+    """Run every evaluation the inputs allow and return (and write, with ``out_dir``) the report.
+
+    ``probe_unscored``: subjects of the expression probe not to score (their labels trained the
+    model); a checkpoint's own ``emotion_subjects`` meta is added to them."""
     from .data import read_split, table_from_annotations, table_from_shards
 
     if (checkpoint is None) == (bundle is None):
@@ -562,7 +592,8 @@ def evaluate(checkpoint: str | None = None, bundle: str | None = None, annotatio
         per_image = report["landmarks"].pop("_per_image_nme105")
         if expressive_csv:
             say("linear probe on expressive faces")
-            report["probe"] = probe_expressive(pred, full_table, expressive_csv)
+            unscored = set(probe_unscored) | set(getattr(pred, "meta", {}).get("emotion_subjects") or [])
+            report["probe"] = probe_expressive(pred, full_table, expressive_csv, unscored=sorted(unscored))
         if out and sheet and isinstance(pred, TorchPredictor):
             k = min(sheet, len(table))
             pick = np.linspace(0, len(table) - 1, k).round().astype(int)

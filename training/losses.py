@@ -138,7 +138,10 @@ class LossWeights:
     parameter supervision on rendered faces of known parameters, :func:`synthetic_param_loss`),
     ``real68`` (ours, 0 in SMIRK: MSE on human-annotated 68 points, 300-W, where an item has them;
     the item's ``real68`` mask, and the contour term then skips those points); ``teacher`` and
-    ``teacher_landmarks`` (ours, distillation: :func:`teacher_losses`, with ``model.teacher``).
+    ``teacher_landmarks`` (ours, distillation: :func:`teacher_losses`, with ``model.teacher``);
+    ``emotion_label`` (ours, 0 in SMIRK: cross-entropy of a linear classifier on the expression, jaw
+    and eyelid parameters against human emotion labels of the photos that have one,
+    :func:`emotion_label_loss`; ``data.emotion_csv`` and ``data.emotion_subjects`` say which).
     """
 
     landmark: float = 0.0
@@ -153,6 +156,7 @@ class LossWeights:
     real68: float = 0.0
     teacher: float = 0.0
     teacher_landmarks: float = 0.0
+    emotion_label: float = 0.0
 
     def __post_init__(self):
         if self.emotion != 0:
@@ -615,3 +619,19 @@ def teacher_losses(student: Mapping[str, torch.Tensor], teacher: Mapping[str, to
         groups.append((s - t).abs().mean())
     return {"teacher": torch.stack(groups).mean(),
             "teacher_landmarks": ((student_points - teacher_points.detach()) ** 2).sum(-1).mean()}
+
+
+def emotion_label_loss(features: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
+    """Cross-entropy of ``head(features)`` against ``labels`` over the rows whose label is >= 0.
+
+    Args:
+        features: ``(N, D)`` per-crop expression, jaw and eyelid parameters (concatenated).
+        labels: ``(N,)`` int64 class indices, -1 where a crop has no label.
+        head: the linear classifier trained beside the encoder (dropped from the checkpoint).
+    Returns:
+        A scalar; 0 (still connected to the graph) when no row of the batch has a label.
+    """
+    keep = labels >= 0
+    if not bool(keep.any()):
+        return features.sum() * 0.0
+    return torch.nn.functional.cross_entropy(head(features[keep].float()), labels[keep])

@@ -308,6 +308,7 @@ class SyntheticDataset:
         out["real68"] = torch.zeros(self.views, 68)  # renders have no human-annotated points
         out["source"] = torch.tensor(self.source, dtype=torch.int64)
         out["index"] = torch.tensor(i, dtype=torch.int64)
+        out["emotion"] = torch.full((self.views,), -1, dtype=torch.int64)  # renders have no emotion label
         if self.with_params:
             out.update({f"gt_{k}": v[0] for k, v in params.items()})
         return out

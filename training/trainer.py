@@ -243,6 +243,16 @@ class Trainer:
         o = config.optim
         enc_params = [p for p in self.encoder.parameters() if p.requires_grad]
         groups = [{"params": enc_params, "lr": o.lr * o.encoder_lr_factor, "betas": tuple(o.betas), "name": "encoder"}]
+        self.emotion_head: nn.Module | None = None
+        if self.weights.emotion_label:  # a linear classifier over expression + jaw + eyelid; not in the checkpoint
+            from .data import EMOTION_CLASSES
+            from .encoder import N_EXPRESSION, N_EYELID, N_JAW
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(run.seed + 17)
+                self.emotion_head = nn.Linear(N_EXPRESSION + N_JAW + N_EYELID, len(EMOTION_CLASSES)).to(self.device)
+            groups.append({"params": list(self.emotion_head.parameters()), "lr": o.lr * 10, "betas": tuple(o.betas),
+                           "name": "emotion_head"})
         if self.generator is not None:
             groups.append({"params": list(self.generator.parameters()), "lr": o.lr, "betas": tuple(o.generator_betas),
                            "name": "generator"})
@@ -346,7 +356,7 @@ class Trainer:
         for k, v in batch.items():
             if not isinstance(v, torch.Tensor):
                 continue
-            if v.dim() >= 2 and k in ("image", "landmarks478", "landmarks105", "landmarks68", "valid", "real68"):
+            if v.dim() >= 2 and k in ("image", "landmarks478", "landmarks105", "landmarks68", "valid", "real68", "emotion"):
                 v = v.flatten(0, 1)  # (B, V, ...) -> (B*V, ...)
             out[k] = v.to(self.device, non_blocking=nb)
         return out
@@ -428,6 +438,9 @@ class Trainer:
             terms.update(self._teacher_terms(img, out, geo, None if syn is None else out_syn))
         terms["expression_reg"] = L.l2_regularizer(out["expression"])
         terms["jaw_reg"] = L.l2_regularizer(out["jaw"])
+        if self.emotion_head is not None and "emotion" in b:
+            feats = torch.cat([out["expression"], out["jaw"], out["eyelid"]], 1)
+            terms["emotion_label"] = L.emotion_label_loss(feats, b["emotion"], self.emotion_head)
         V = self.cfg.data.views
         if V == 2:
             s = out["shape"].view(-1, 2, out["shape"].shape[-1])
@@ -613,6 +626,7 @@ class Trainer:
             "elapsed": self.elapsed, "world_size": self.dist.world_size,
             "encoder": self.encoder.state_dict(),
             "generator": self.generator.state_dict() if self.generator is not None else {},
+            "emotion_head": self.emotion_head.state_dict() if self.emotion_head is not None else {},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "rng": rng, "config": json.dumps(self.cfg.to_dict()),
         }
@@ -633,6 +647,8 @@ class Trainer:
         self.encoder.load_state_dict(st["encoder"])
         if self.generator is not None and st["generator"]:
             self.generator.load_state_dict(st["generator"])
+        if self.emotion_head is not None and st.get("emotion_head"):
+            self.emotion_head.load_state_dict(st["emotion_head"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.step, self.epoch, self.batch_in_epoch = int(st["step"]), int(st["epoch"]), int(st["batch_in_epoch"])
@@ -664,6 +680,7 @@ class Trainer:
         meta = {"stage": self.stage, "step": self.step, "epoch": self.epoch, "name": self.cfg.name,
                 "deviations": self.cfg.deviations, "face_model": self.face.model_id, "trainer": "smirk-edge",
                 "terms": self.cfg.terms, "training_data": self.cfg.training_data,
+                "emotion_subjects": list(self.cfg.data.emotion_subjects) if self.emotion_head is not None else [],
                 "training": f"smirk-edge trainer, config {self.cfg.name}, stage {self.stage}, {self.step} steps"}
         meta = inherited_meta({k: v for k, v in meta.items() if v not in ("", [])}, self.source_meta)
         ck_dir = self.out / "checkpoints"
