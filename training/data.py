@@ -203,6 +203,20 @@ def with_annotated_68(table: FaceTable, folder: str | os.PathLike, image_root: s
 # ------------------------------------------------------------------------------------- splits
 
 
+def annotated_68_subset(base: FaceTable, spec: str, root: str | os.PathLike, split: str | None = None
+                        ) -> tuple[str, FaceTable]:
+    """``(label, table)`` of a ``DIR[:SUBSET]`` 300-W spec: the faces of ``base`` annotated in DIR
+    (:func:`with_annotated_68`), kept to SUBSET of the ``split`` file when one is named."""
+    folder, _, part = str(spec).partition(":")
+    table = with_annotated_68(base, folder, root)
+    if part:
+        if not split:
+            raise DataError(f"{spec}: a subset needs a split file (--landmarks68-split)")
+        keep = read_split(split, part)
+        table = table.select(np.array([n in keep for n in table.names], bool))
+    return Path(folder).name + (f":{part}" if part else ""), table
+
+
 def make_split(names: Sequence[str], groups: Sequence[str] | None = None, val_fraction: float = 0.1,
                test_fraction: float = 0.0, seed: int = 0) -> dict:
     """Split ``names`` into train/val/test with every group (subject) in exactly one part.

@@ -609,22 +609,15 @@ def evaluate(checkpoint: str | None = None, bundle: str | None = None, annotatio
         if not annotations:
             raise InputError("--landmarks68 needs --annotations (the MediaPipe boxes of those photos)")
         from .annotate import read_index
-        from .data import with_annotated_68
+        from .data import annotated_68_subset
 
         base = table_from_annotations(annotations, image_root)
         root = image_root or read_index(annotations)["root"]
         report["landmarks68"] = {}
         for spec in landmarks68:
-            folder, _, part = str(spec).partition(":")
-            t68 = with_annotated_68(base, folder, root)
-            if part:
-                if not landmarks68_split:
-                    raise InputError(f"{spec}: a subset needs --landmarks68-split")
-                keep = read_split(landmarks68_split, part)
-                t68 = t68.select(np.array([n in keep for n in t68.names], bool))
+            label, t68 = annotated_68_subset(base, spec, root, landmarks68_split)
             say(f"68-point NME on {len(t68)} annotated faces of {spec}")
-            report["landmarks68"][Path(folder).name + (f":{part}" if part else "")] = evaluate_landmarks68(
-                pred, t68, face_model_path=face_model)
+            report["landmarks68"][label] = evaluate_landmarks68(pred, t68, face_model_path=face_model)
     if synthetic and isinstance(pred, TorchPredictor):
         say(f"synthetic recovery on {synthetic} faces")
         report["synthetic"] = evaluate_synthetic(pred, synthetic, one_sided_n=synthetic)
