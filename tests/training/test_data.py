@@ -132,3 +132,26 @@ def test_real_annotations_give_items():
     lm = item["landmarks105"][0]
     assert item["image"].shape == (1, 3, 224, 224)
     assert (lm.abs() < 1).float().mean() > 0.9  # the face is inside the crop
+
+
+def test_annotated_68_subset_keeps_the_folder_and_the_split_part(tmp_path):
+    import json
+
+    from smirk_edge.training.data import DataError, annotated_68_subset
+
+    (tmp_path / "lm").mkdir()
+    (tmp_path / "other").mkdir()
+    pts = (np.arange(136, dtype=float).reshape(68, 2) + 1.0).tolist()
+    for n in ("a", "b"):
+        (tmp_path / "lm" / f"{n}.json").write_text(json.dumps({"landmarks68": pts, "scale": 1.0}))
+    t = _dot_table(3)
+    t.names = np.array(["lm/a.jpg", "lm/b.jpg", "other/c.jpg"])
+    split = write_split(tmp_path / "split.json", {"format": "smirk-edge-split", "version": 1, "seed": 0,
+                                                   "train": ["lm/a.jpg"], "val": ["lm/b.jpg"], "test": []})
+    label, sub = annotated_68_subset(t, f"{tmp_path / 'lm'}:train", tmp_path, str(split))
+    assert label == "lm:train" and list(sub.names) == ["lm/a.jpg"] and sub.real68.all()
+    assert np.allclose(sub.landmarks68[0], np.asarray(pts) - 1.0)  # 1-based points made 0-based
+    label, sub = annotated_68_subset(t, str(tmp_path / "lm"), tmp_path)
+    assert label == "lm" and len(sub) == 2
+    with pytest.raises(DataError, match="needs a split file"):
+        annotated_68_subset(t, f"{tmp_path / 'lm'}:train", tmp_path)
