@@ -240,7 +240,10 @@ def export_bundle(opts: ExportOptions) -> ExportReport:
     metadata = model_metadata(
         encoder_variant=variant, checkpoint_sha256=ckpt.sha256, face_model_id=face_model.model_id,
         face_model_vertices=face_model.n_vertices, opset=OPSET, crop_scale=crops.scale,
-        extra={"gate_thresholds": {p: t.to_json() for p, t in thresholds.items()}})
+        extra={"gate_thresholds": {p: t.to_json() for p, t in thresholds.items()},
+               # whose emotion labels trained the weights: evaluations of the bundle leave them unscored
+               **({"emotion_subjects": sorted(ckpt.meta["emotion_subjects"])}
+                  if ckpt.meta.get("emotion_subjects") else {})})
 
     x_held = held.tensor()
     reference = _timed(timings, "reference", lambda: torch_outputs(encoder, x_held))

@@ -156,7 +156,7 @@ def evaluate_add_arguments(p: argparse.ArgumentParser) -> None:
                    help="faces/expressive.csv: linear probe of expression parameters against its emotions")
     p.add_argument("--probe-unscored", action="append", default=[], metavar="SUBJECT",
                    help="a subject of --expressive-csv whose labels trained the model: the probe learns from it "
-                        "but is not scored on it (repeatable; a checkpoint's own emotion_subjects are added)")
+                        "but is not scored on it (repeatable; the emotion_subjects recorded in a checkpoint or bundle are added)")
     p.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="N synthetic faces: parameter/vertex error and left-right accuracy (checkpoint only)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N annotated faces for the NME")

@@ -234,6 +234,13 @@ class TorchPredictor:
         return Prediction(l105, l68, out)
 
 
+def _bundle_meta(rec) -> dict:
+    """What an evaluation needs of a bundle's training record: ``emotion_subjects`` (written by
+    ``smirk-edge export`` from the checkpoint's meta; absent in bundles that predate it)."""
+    subjects = rec.bundle.metadata.get("emotion_subjects")
+    return {"emotion_subjects": [str(s) for s in subjects]} if isinstance(subjects, list) else {}
+
+
 class BundlePredictor:
     """The deployed path: :class:`smirk_edge.Reconstructor` on a bundle (any engine), given landmarks."""
 
@@ -241,6 +248,7 @@ class BundlePredictor:
         from smirk_edge import Reconstructor
 
         self.rec = Reconstructor(bundle, backend=backend, crop_scale=scale, refine=False)
+        self.meta = _bundle_meta(self.rec)
 
     def predict(self, images: Sequence[np.ndarray], landmarks478: Sequence[np.ndarray]) -> Prediction:
         l105, l68, params = [], [], {"expression": [], "jaw": [], "eyelid": []}
@@ -265,6 +273,7 @@ class PipelinePredictor:
         from smirk_edge import Reconstructor
 
         self.rec = Reconstructor(bundle, backend=backend)
+        self.meta = _bundle_meta(self.rec)
 
     def predict(self, images: Sequence[np.ndarray], landmarks478: Sequence[np.ndarray]) -> Prediction:
         l105, l68, params = [], [], {"expression": [], "jaw": [], "eyelid": []}

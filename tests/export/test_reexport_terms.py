@@ -34,6 +34,16 @@ def test_reexporting_the_default_checkpoint_keeps_its_terms_in_the_card(tmp_path
     terms = card[card.index("## Terms of the weights"):]
     assert "non-commercial research only" in terms.split("##")[1]
     assert "Training: not recorded" not in card and "UTKFace" in card
+    # so do the subjects whose emotion labels trained the weights: an evaluation of the bundle
+    # reads them from the manifest and leaves them out of the probe's score
+    from types import SimpleNamespace
+
+    from smirk_edge.training.checkpoint import read_checkpoint
+    from smirk_edge.training.evaluate import _bundle_meta
+
+    labelled = sorted(read_checkpoint("default").meta["emotion_subjects"])
+    assert labelled and bundle.metadata["emotion_subjects"] == labelled
+    assert _bundle_meta(SimpleNamespace(bundle=bundle)) == {"emotion_subjects": labelled}
     # and a bundle made from a checkpoint without terms says so instead of staying silent
     from smirk_edge.provenance import UNRECORDED, card_lines
 
