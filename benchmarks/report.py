@@ -190,6 +190,31 @@ def _is_gpu(r: dict) -> bool:
     return suite.startswith("gpu") or suite == "sdk-gpu"
 
 
+_CPU_SUITES = ("pipeline", "encoder", "reference")
+
+
+def _cpu_runs(rows: Sequence[dict]) -> list[str]:
+    """The run ids of the CPU suites, in row order (one per ``smirk-edge bench`` invocation)."""
+    return list(dict.fromkeys(r.get("run_id") for r in rows if r.get("suite") in _CPU_SUITES))
+
+
+def _run_cpu(rows: Sequence[dict], run) -> dict:
+    """``machine.cpu`` of a CPU run ({} when its rows record none)."""
+    return next((r["machine"].get("cpu") or {} for r in rows if r.get("run_id") == run
+                 and r.get("suite") in _CPU_SUITES and isinstance(r.get("machine"), dict)), {})
+
+
+def _tagger(rows: Sequence[dict]):
+    """``label -> label`` naming the row's CPU class and run where rows of several CPU runs (machines)
+    are merged, so that no two machines' configurations read alike; the identity for one run."""
+    runs = _cpu_runs(rows)
+    if len(runs) < 2:
+        return lambda r, label: label
+    tags = {run: f"[{_run_cpu(rows, run).get('class', '?')}, {_run_cpu(rows, run).get('model', '?')}] "
+            for run in runs}
+    return lambda r, label: tags.get(r.get("run_id"), "") + label
+
+
 def _run_time(r: dict) -> str:
     """When a row's run was written (``invocation.written``), else its run id (which starts with the start time)."""
     inv = r.get("invocation")
@@ -266,7 +291,18 @@ def headline(rows: Sequence[dict]) -> dict:
 
 
 def summary_line(rows: Sequence[dict]) -> str:
-    """One line: best image / video end to end, int8 encoder, reference and the speedup (p50)."""
+    """One line: best image / video end to end, int8 encoder, reference and the speedup (p50); one
+    part per CPU run where rows of several runs are merged (a speedup is never formed across runs)."""
+    runs = _cpu_runs(rows)
+    if len(runs) < 2:
+        return _summary_one(rows)
+    other = [r for r in rows if r.get("suite") not in _CPU_SUITES]
+    parts = [_summary_one([r for r in rows if r.get("run_id") == run and r.get("suite") in _CPU_SUITES]
+                          + (other if i == len(runs) - 1 else [])) for i, run in enumerate(runs)]
+    return " || ".join(parts)
+
+
+def _summary_one(rows: Sequence[dict]) -> str:
     h = headline(rows)
     parts = []
     if h["image"][0] is not None:
@@ -358,9 +394,11 @@ def _stage_section(rows) -> str:
     stages = [s for s in STAGES if s != "total" and any(s in c for c in list(pipe.values()) + list(ref.values()))]
     head = ["configuration", *stages, "total mean", "p50", "p90", "p99", "runs", "peak RSS MB"]
     lines = []
+    tag = _tagger(rows)
     for cfg in list(pipe.values()) + list(ref.values()):
         any_row = cfg.get("total") or next(iter(cfg.values()))
-        label = _label(any_row) if any_row.get("suite") == "pipeline" else f"**reference** ({any_row.get('threads')}t)"
+        label = tag(any_row, _label(any_row) if any_row.get("suite") == "pipeline"
+                    else f"**reference** ({any_row.get('threads')}t)")
         lines.append([label, *[_stat(cfg, s, "mean_ms") for s in stages], _stat(cfg, "total", "mean_ms"),
                       _stat(cfg, "total"), _stat(cfg, "total", "p90_ms"), _stat(cfg, "total", "p99_ms"),
                       any_row.get("runs"), any_row.get("peak_rss_mb")])
@@ -394,6 +432,7 @@ def _speedup_section(rows) -> str:
     enc = {(r.get("run_id"), r.get("engine"), r.get("precision"), r.get("threads")): r
            for r in _encoder_points(rows) if r["stage"] == "encode" and r.get("batch") == 1}
     lines = []
+    tag = _tagger(rows)
     for (run, _), cfg in pipe.items():
         r = cfg.get("total")
         if r is None:
@@ -403,7 +442,7 @@ def _speedup_section(rows) -> str:
             continue
         e = enc.get((run, r.get("engine"), r.get("precision"), r.get("threads")))
         ref_total, ref_enc = _stat(rc, "total"), _stat(rc, "encode")
-        lines.append([_label(r), r["p50_ms"], ref_total, ref_total / r["p50_ms"] if r["p50_ms"] else None,
+        lines.append([tag(r, _label(r)), r["p50_ms"], ref_total, ref_total / r["p50_ms"] if r["p50_ms"] else None,
                       e["p50_ms"] if e else None, ref_enc, (ref_enc / e["p50_ms"]) if e and ref_enc else None])
     if not lines:
         return ""
@@ -420,6 +459,21 @@ def _speedup_section(rows) -> str:
 
 
 def _targets_section(rows) -> str:
+    runs = _cpu_runs(rows)
+    if len(runs) < 2:
+        return _targets_one(rows)
+    parts = []
+    for run in runs:
+        cpu = _run_cpu(rows, run)
+        text = _targets_one([r for r in rows if r.get("run_id") == run and r.get("suite") in _CPU_SUITES])
+        if text:
+            parts.append(text.replace(" threads, p50 ms, best configuration)",
+                                      f" threads, p50 ms, best configuration; {cpu.get('model', '?')}, "
+                                      f"CPU class {cpu.get('class', '?')}, run {run})", 1))
+    return "\n\n".join(parts)
+
+
+def _targets_one(rows) -> str:
     h = headline(rows)
     if all(h[k][0] is None for k in ("image", "video", "int8_encoder", "reference")):
         return ""

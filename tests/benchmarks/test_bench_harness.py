@@ -206,6 +206,35 @@ def test_report_names_the_cpu_features(flags, isa):
     assert isa in report.markdown(rows, plots=None)
 
 
+def test_report_keeps_two_machines_apart():
+    """Rows of two CPU runs merged into one report: each run keeps its own best figures, targets and
+    speedup (never our time on one machine over the reference on the other), and each stage row names
+    its machine."""
+    import copy
+
+    fast, slow = _fake_rows(), copy.deepcopy(_fake_rows())
+    for r in fast:
+        r["machine"]["cpu"].update(model="Box A", flags=["avx2", "avx512f", "avx512_vnni", "amx_int8"],
+                                   **{"class": "amx"})
+    for r in slow:
+        r["run_id"] = "r2"
+        r["machine"]["cpu"].update(model="Box B", flags=["avx2", "fma"], **{"class": "avx2"})
+        for k in ("p50_ms", "mean_ms", "p90_ms", "p99_ms", "min_ms", "max_ms"):
+            if r.get(k) is not None and r["suite"] != "reference":
+                r[k] *= 2  # ours twice as slow on B, the reference as fast as on A
+    line = report.summary_line(fast + slow)
+    a, b = line.split(" || ")
+    assert "CPU amx" in a and "720p image e2e 3.50 ms" in a and "speedup x10.0" in a, a
+    assert "CPU avx2" in b and "720p image e2e 7.00 ms" in b and "speedup x5.0" in b, b
+    md = report.markdown(fast + slow, plots=None)
+    assert "best configuration; Box A, CPU class amx, run r1)" in md
+    assert "best configuration; Box B, CPU class avx2, run r2)" in md
+    assert "| [avx2, Box B] onnxruntime int8 2t image | 7.00 | 35.00 | 5.00 |" in md
+    assert "| [amx, Box A] onnxruntime int8 2t image | 3.50 | 35.00 | 10.00 |" in md
+    # one run alone reads as before: no machine tags
+    assert "[amx" not in report.markdown(fast, plots=None) and " || " not in report.summary_line(fast)
+
+
 def test_report_says_why_the_reference_is_missing():
     rows = [r for r in _fake_rows() if r["suite"] != "reference"]
     for r in rows:
