@@ -44,7 +44,7 @@ def test_fast_bundle_is_complete_intact_small_and_gated(bundle):
             assert acc["passed"] and not a.attrs.get("degraded") and acc["crops"] >= 200, (a.name, acc)
     card = (root / "MODEL_CARD.md").read_text()
     for needle in ("non-commercial research only", "## Evaluation", "## Known failure cases", "# Export",
-                   "smirk-edge-fast-v5", "smirk-edge-default-v5"):
+                   "smirk-edge-fast-v6", "smirk-edge-default-v5"):
         assert needle in card, needle
 
 
