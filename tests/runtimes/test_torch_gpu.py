@@ -74,11 +74,17 @@ def test_cuda_batch_and_stream(recs):
         single = rec(img)
         got = rec.batch([img] * 5)
         assert [len(r) for r in got] == [len(single)] * 5
-        for r in got:  # the message says whether the detection or the final crop (refine) differed
-            np.testing.assert_allclose(
-                r[0].landmarks68, single[0].landmarks68, atol=0.05,
-                err_msg=f"batch vs single: box {np.abs(r[0].box - single[0].box).max():.4f} px, crop matrix "
-                        f"{np.abs(r[0].crop_matrix - single[0].crop_matrix).max():.2e}, landmarks "
-                        f"{np.abs(r[0].landmarks68 - single[0].landmarks68).max():.4f} px")
+        # The detector's batch of 5 and its batch of 1 differ in float rounding (~1e-3 px in the box on
+        # the H200); the crop's levels are rounded to integers as uint8 crops are, so a sub-millipixel
+        # shift flips a few pixels by one level, which moves the landmarks by up to ~0.03 px on the CPU
+        # (tests/test_pipeline_continuity.py) and measured 0.055 px here. A refine decision that
+        # flipped, or another box, would differ by whole pixels: the box is held to 0.01 px.
+        for r in got:
+            box = float(np.abs(r[0].box - single[0].box).max())
+            msg = (f"batch vs single: box {box:.4f} px, crop matrix "
+                   f"{np.abs(r[0].crop_matrix - single[0].crop_matrix).max():.2e}, landmarks "
+                   f"{np.abs(r[0].landmarks68 - single[0].landmarks68).max():.4f} px")
+            assert box <= 0.01, msg
+            np.testing.assert_allclose(r[0].landmarks68, single[0].landmarks68, atol=0.1, err_msg=msg)
         frames = list(rec.stream([img] * 6))
         assert all(len(f) == 1 for f in frames) and not any(f.errors for f in frames)
