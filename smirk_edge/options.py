@@ -81,7 +81,7 @@ class ReconstructorOptions:
             (landmarks, pose and expression filters, identity lock) or one ``OneEuroConfig`` for every signal.
         redetect_every: in ``stream()``, run the detector every N frames even while tracking (>= 1).
         align_roll: a face rolled more than this many degrees in the image gets a crop rotated
-            upright; None keeps every crop upright.
+            upright (detected and tracked faces alike); None keeps every crop upright.
         variant: the encoder variant: None (the bundle's own; the embedded default model is
             ``"fast"``), ``"fast"`` (one shared backbone, distilled), ``"full"`` (SMIRK's three
             backbones), ``"faster"`` or ``"mesh"``. Without a bundle it picks the embedded model of

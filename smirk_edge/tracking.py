@@ -11,10 +11,13 @@ its filters (:class:`~smirk_edge.smoothing.StreamSmoothing`) and its identity lo
    image, far cheaper than the whole frame). A track whose region holds no face is ended (its
    face has left or is hidden) and the frame is re-detected (``detector.detect_region`` when the
    detector has it: BlazeFace's short-range model alone on the 128 px region); the detection's score is the track's
-   confidence (:attr:`Face.score <smirk_edge.results.Face.score>`);
+   confidence (:attr:`Face.score <smirk_edge.results.Face.score>`), its eye keypoints the track's
+   roll;
 4. each track is cropped from its box: the box of its last predicted landmarks pulled toward the
    box the check found (the landmark -> box loop alone has a fixed point smaller than the face,
-   so without the detector's anchor the box shrinks frame after frame; see docs/video.md);
+   so without the detector's anchor the box shrinks frame after frame; see docs/video.md), and
+   turned upright as a detected face's crop is, when the face is rolled past the crop policy's
+   ``align_roll`` (a tilted head in an upright crop is what the encoder never saw in training);
 5. encode, smooth (:func:`smirk_edge.pipeline.smooth`), decode, project, and move each track's
    box to the box of its predicted landmarks.
 
@@ -34,7 +37,7 @@ import numpy as np
 
 from .crop import DETECTOR_TO_LANDMARK_BOX
 from .image import as_bgr_uint8
-from .pipeline import CropPolicy, StageTimer, Stages, image_affines, landmark_boxes, smooth
+from .pipeline import StageTimer, Stages, image_affines, landmark_boxes, smooth
 from .results import FrameResult
 from .smoothing import AffineFilter, IdentityLock, OneEuroConfig, OneEuroFilter, StreamSmoothing
 
@@ -63,14 +66,17 @@ track's predicted centre and its size within a factor of 1.6."""
 class Track:
     """One followed face: stable ``id``, the landmark ``box`` of its next crop, its filters.
 
-    ``score``: the latest detector score of the face (full detection or the track's check).
+    ``score``: the latest detector score of the face (full detection or the track's check);
+    ``roll``: the face's in-image roll from that detection's eye keypoints (degrees counter-clockwise).
     """
 
-    def __init__(self, track_id: int, box: np.ndarray, smoothing: StreamSmoothing | OneEuroConfig, score: float = 1.0):
+    def __init__(self, track_id: int, box: np.ndarray, smoothing: StreamSmoothing | OneEuroConfig, score: float = 1.0,
+                 roll: float = 0.0):
         s = StreamSmoothing.of(smoothing)
         self.id = track_id
         self.box = np.asarray(box, np.float64)  # 478-landmark-equivalent box for the next crop
         self.score = float(score)
+        self.roll = float(roll)
         self.age = 0
         self.velocity = np.zeros(2)  # box-centre pixels per frame (exponential mean)
         self.lost_at = -1  # frame count when ended (remembered tracks)
@@ -113,7 +119,8 @@ class Tracker:
         counts: ``detections`` (full-frame detector runs), ``checks`` (per-track region checks),
             ``lost`` (tracks ended by a failed check), ``restarts`` (frame-size changes).
 
-    Tracks are cropped upright with the stages' crop scale.
+    Tracks are cropped with the stages' crop policy: turned upright past its ``align_roll``, as
+    detected faces are.
     """
 
     def __init__(self, stages: Stages, smoothing: StreamSmoothing | OneEuroConfig = StreamSmoothing(),
@@ -123,7 +130,7 @@ class Tracker:
         self.redetect_every = int(redetect_every)
         self.max_faces = int(max_faces)
         self.lock = lock
-        self.policy = CropPolicy(stages.policy.scale, stages.policy.size, align_roll=None)
+        self.policy = stages.policy
         self.tracks: list[Track] = []
         self.lost: list[Track] = []  # ended tracks remembered for LOST_FRAMES frames
         self.frames = 0
@@ -150,7 +157,7 @@ class Tracker:
         shift = tr.velocity * (self.frames - tr.lost_at)
         return tr.box + np.r_[shift, shift]
 
-    def _revive(self, box: np.ndarray, score: float) -> Track | None:
+    def _revive(self, box: np.ndarray, score: float, roll: float = 0.0) -> Track | None:
         """The remembered track a new detection continues (nearest predicted centre), or None."""
         best, best_d = None, REVIVE_DISTANCE
         b = np.asarray(box, np.float64)
@@ -165,7 +172,7 @@ class Tracker:
                 best, best_d = tr, d
         if best is not None:
             self.lost.remove(best)
-            best.box, best.score, best.velocity = b, float(score), np.zeros(2)
+            best.box, best.score, best.roll, best.velocity = b, float(score), float(roll), np.zeros(2)
             best.filters["affine"] = AffineFilter(self.smoothing.landmarks)  # the face moved while unseen
             self.counts["revived"] += 1
         return best
@@ -174,7 +181,7 @@ class Tracker:
         det = self.stages.detect(img, timer)
         self.counts["detections"] += 1
         self.since_detect = 0
-        self.match(det.boxes, det.scores)
+        self.match(det.boxes, det.scores, det.rolls)
 
     def _step(self, frame: np.ndarray, index: int, stamp: float | None) -> FrameResult:
         timer = StageTimer()
@@ -200,7 +207,8 @@ class Tracker:
                 self._detect(img, timer)
         if not self.tracks:
             return FrameResult([], timer.finish(), frame_index=index)
-        crops, params = stages.encode_crops(img, np.array([tr.box for tr in self.tracks]), None, timer, self.policy)
+        crops, params = stages.encode_crops(img, np.array([tr.box for tr in self.tracks]),
+                                            np.array([tr.roll for tr in self.tracks]), timer, self.policy)
         with timer("smooth"):
             raw = image_affines(params["cam"], [t.matrix for t in crops.transforms], self.policy.size)
             affines = np.array([smooth(tr.filters, params, i, a, stamp) for i, (tr, a) in enumerate(zip(self.tracks, raw))])
@@ -240,16 +248,18 @@ class Tracker:
                 self.counts["lost"] += 1
                 self._forget(tr)
                 continue
-            box, score = found
+            box, score, roll = found
             taken.append(box)
             tr.box = fuse_boxes(tr.box, box)
-            tr.score = score
+            tr.score, tr.roll = score, roll
             kept.append(tr)
         lost = len(kept) < len(self.tracks)
         self.tracks = kept
         return lost
 
-    def _check_one(self, img: np.ndarray, box: np.ndarray, taken: list[np.ndarray]) -> tuple[np.ndarray, float] | None:
+    def _check_one(self, img: np.ndarray, box: np.ndarray, taken: list[np.ndarray]
+                   ) -> tuple[np.ndarray, float, float] | None:
+        """The detection in the track's region: its landmark box, score and roll (None: no face there)."""
         h, w = img.shape[:2]
         cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
         side = CHECK_REGION * max(box[2] - box[0], box[3] - box[1])
@@ -262,20 +272,28 @@ class Tracker:
         detector = self.stages.detector
         det = getattr(detector, "detect_region", detector.detect)(region)
         best, best_iou = None, MIN_IOU
-        for b, s in zip(np.asarray(det.boxes, np.float64).reshape(-1, 4), np.asarray(det.scores).reshape(-1)):
+        n = len(np.asarray(det.scores).reshape(-1))
+        raw_kps = np.asarray(getattr(det, "keypoints", ()), np.float64)
+        usable = raw_kps.size >= 4 * n and n > 0 and raw_kps.size % n == 0
+        kps = raw_kps.reshape(n, -1, 2) if usable else None
+        for i, (b, s) in enumerate(zip(np.asarray(det.boxes, np.float64).reshape(-1, 4),
+                                       np.asarray(det.scores).reshape(-1))):
             image_box = np.r_[(b[:2] - m[:, 2]) / k, (b[2:] - m[:, 2]) / k]
             lm_box = DETECTOR_TO_LANDMARK_BOX.apply(image_box)
             if any(box_iou(lm_box, t) > 0.5 for t in taken):
                 continue  # another track's face
             v = box_iou(lm_box, box)
-            if v > best_iou:
-                best, best_iou = (lm_box, float(s)), v
+            if v > best_iou:  # roll from the eyes (subject's right -> left), as a full detection's
+                eyes = kps[i, 1] - kps[i, 0] if kps is not None else np.array([1.0, 0.0])  # (no keypoints: upright)
+                # (the region is only scaled, so its angles are the image's)
+                best, best_iou = (lm_box, float(s), float(np.degrees(np.arctan2(-eyes[1], eyes[0])))), v
         return best
 
-    def match(self, boxes: np.ndarray, scores: np.ndarray | None = None) -> None:
+    def match(self, boxes: np.ndarray, scores: np.ndarray | None = None, rolls: np.ndarray | None = None) -> None:
         """Greedy IoU matching of detections to tracks (best pairs first); unmatched tracks are
-        dropped, new faces added."""
+        dropped, new faces added. ``rolls``: each detection's in-image roll (degrees; None: 0)."""
         scores = np.ones(len(boxes)) if scores is None else np.asarray(scores, np.float64)
+        rolls = np.zeros(len(boxes)) if rolls is None else np.asarray(rolls, np.float64).reshape(-1)
         pairs = sorted(((box_iou(tr.box, b), ti, bi) for ti, tr in enumerate(self.tracks)
                         for bi, b in enumerate(boxes)), reverse=True)
         track_of: dict[int, Track] = {}
@@ -295,12 +313,12 @@ class Tracker:
             tracked = track_of.get(bi)
             if tracked is not None:
                 tracked.box = fuse_boxes(tracked.box, np.asarray(b, np.float64))
-                tracked.score = float(scores[bi])
+                tracked.score, tracked.roll = float(scores[bi]), float(rolls[bi])
                 matched.append(tracked)
                 continue
-            revived = self._revive(b, float(scores[bi]))  # box and score set there
+            revived = self._revive(b, float(scores[bi]), float(rolls[bi]))  # box, score and roll set there
             if revived is None:
-                revived = Track(self.next_id, b, self.smoothing, float(scores[bi]))
+                revived = Track(self.next_id, b, self.smoothing, float(scores[bi]), float(rolls[bi]))
                 self.next_id += 1
             matched.append(revived)
         self.tracks = matched[: self.max_faces]

@@ -83,6 +83,29 @@ def test_tracked_box_does_not_drift_on_a_real_clip(rec, shared_data):
     assert min(ious) > 0.6, ious
 
 
+def test_a_rolled_face_is_tracked_in_an_upright_crop(rec, astronaut):
+    """A head tilted past ``align_roll`` is cropped upright in tracked frames too, as ``rec(frame)``
+    crops it (tracked crops used to stay upright in the image: on a real clip with a head tilted ~20
+    degrees that put 8 frames in a row above 10 % NME)."""
+    h, w = astronaut.shape[:2]
+    canvas = np.zeros((h + 200, w + 200, 3), np.uint8)
+    canvas[100:100 + h, 100:100 + w] = astronaut
+    turn = cv2.getRotationMatrix2D(((w + 200) / 2, (h + 200) / 2), 35.0, 1.0)  # counter-clockwise
+    tilted = cv2.warpAffine(canvas, turn, (w + 200, h + 200))
+    frames = [np.roll(tilted, i, axis=1) for i in range(6)]
+    stream = rec.stream(frames)
+    stream.tracker.redetect_every = 10**6  # frames 1-5 are tracked (checked), not detected
+    results = list(stream)
+    assert stream.tracker.counts["detections"] == 1 and all(len(r) == 1 for r in results)
+    for frame, r in zip(frames[1:], results[1:]):
+        m = r[0].crop_matrix
+        angle = np.degrees(np.arctan2(m[1, 0], m[0, 0]))  # the crop's rotation of the image
+        assert 25 < abs(angle) < 45, f"tracked crop turned by {angle:.1f} degrees for a 35-degree tilt"
+        ref = rec(frame)[0]
+        gap = np.linalg.norm(r[0].landmarks68 - ref.landmarks68, axis=1).mean()
+        assert gap < 3.0, f"tracked landmarks {gap:.2f} px from the per-frame ones"
+
+
 def test_two_faces_keep_their_ids(rec, astronaut):
     h, w = astronaut.shape[:2]
     canvas = np.zeros((h, 2 * w + 40, 3), np.uint8)
