@@ -85,13 +85,15 @@ class StreamSmoothing:
             the lock off (the raw per-frame shape).
 
     Defaults tuned on the 26 shared talking-face clips against MediaPipe video mode
-    (``benchmarks/video_accuracy.py``; the measured settings are in docs/video.md): with the v3
-    model, landmarks and pose at (1.5 Hz, beta 30 / 40) follow fast heads with half a frame of lag
-    and stay steadier than MediaPipe video mode; the earlier (1.0, 8 / 6) lagged a frame.
+    (``benchmarks/video_accuracy.py``; the measured settings are in docs/video.md): with the fast v6
+    model and roll-aligned tracked crops, landmarks and pose at (1.5 Hz, beta 60 / 80) follow fast
+    heads with 0.3 frames of lag and stay steadier than MediaPipe video mode (0.89x its jitter);
+    the earlier (1.5, 30 / 40) lagged 0.4 frames and let one turning head stay more than 5 frames
+    above 10 % error, (1.0, 8 / 6) a whole frame.
     """
 
-    landmarks: OneEuroConfig = OneEuroConfig(min_cutoff=1.5, beta=30.0, d_cutoff=1.0)
-    pose: OneEuroConfig = OneEuroConfig(min_cutoff=1.5, beta=40.0, d_cutoff=1.0)
+    landmarks: OneEuroConfig = OneEuroConfig(min_cutoff=1.5, beta=60.0, d_cutoff=1.0)
+    pose: OneEuroConfig = OneEuroConfig(min_cutoff=1.5, beta=80.0, d_cutoff=1.0)
     expression: OneEuroConfig = OneEuroConfig(min_cutoff=2.5, beta=1.0, d_cutoff=1.0)
     identity_frames: int = 60
 
